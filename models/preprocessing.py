@@ -1,0 +1,174 @@
+"""Image decoding and tensor preprocessing: the one copy used by training, evaluation and serving.
+
+Every image, whatever its source, goes through :func:`load_image` (safe decoding, EXIF
+orientation, RGB conversion) and then through the transforms built from a checkpoint's
+:class:`Preprocessing` settings, so the service sees exactly what the encoder was trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torchvision import transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Formats we accept on upload; anything else Pillow happens to parse (e.g. EPS, PDF) is refused.
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 7,000 x 5,700 photo; larger is treated as a bomb
+
+# A truncated file must be an error, not a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(ValueError):
+    """The input is not a usable image; the message says why, in words for the user."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become the encoder's input tensor; stored in every checkpoint."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # Resize the shorter side to image_size / crop_fraction, then centre-crop image_size.
+    crop_fraction: float = 0.875
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def resize_size(self) -> int:
+        return round(self.image_size / self.crop_fraction)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        return cls(
+            image_size=int(data["image_size"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            crop_fraction=float(data.get("crop_fraction", 0.875)),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def load_image(
+    source: bytes | str | os.PathLike | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode an image to an upright 8-bit RGB ``PIL.Image``, or raise :class:`ImageDecodeError`.
+
+    ``draft_size`` lets JPEG decoding work at a reduced scale (DCT scaling) as long as both
+    sides stay at least that large, which makes big phone photos several times cheaper.
+    """
+    if isinstance(source, bytes | bytearray):
+        if not source:
+            raise ImageDecodeError("the file is empty")
+        stream: BinaryIO | str | os.PathLike = io.BytesIO(source)
+    else:
+        stream = source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            if image.format not in ALLOWED_FORMATS:
+                raise ImageDecodeError(
+                    f"unsupported image format {image.format!r}; "
+                    f"use one of {', '.join(sorted(ALLOWED_FORMATS))}"
+                )
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is too large: {width}x{height} pixels "
+                    f"(limit {max_pixels:,} pixels)"
+                )
+            if draft_size and image.format in {"JPEG", "MPO"}:
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image, or an image format that cannot be read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError("image is too large (decompression bomb protection)") from None
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Truncated or corrupt data surfaces from the decoders as one of these.
+        raise ImageDecodeError(f"the image data is corrupt or truncated ({exc})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (palette, RGBA, CMYK, 16-bit, float, greyscale) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
+        # Scale the real value range into 0..255 instead of clipping 16-bit data to white.
+        image = image.convert("F")
+        low, high = image.getextrema()
+        scale = 255.0 / (high - low) if high > low else 0.0
+        image = image.point(lambda v: (v - low) * scale).convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    if image.mode in {"RGBA", "LA", "PA", "La"}:
+        # Composite onto white: transparent product cut-outs usually mean a white page.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def eval_transform(pre: Preprocessing) -> transforms.Compose:
+    """Deterministic resize + centre crop + normalise (evaluation and serving)."""
+    return transforms.Compose(
+        [
+            transforms.Resize(pre.resize_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(pre.image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
+def train_transform(pre: Preprocessing, strength: float = 1.0) -> transforms.Compose:
+    """Random crops, flips and colour jitter for triplet training; ``strength`` 0 disables them."""
+    jitter = 0.3 * strength
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(
+                pre.image_size,
+                scale=(max(0.08, 1.0 - 0.7 * strength), 1.0),
+                interpolation=transforms.InterpolationMode.BICUBIC,
+            ),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(jitter, jitter, jitter, 0.05 * strength),
+            transforms.ToTensor(),
+            transforms.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
+def images_to_batch(images: list[Image.Image], pre: Preprocessing) -> torch.Tensor:
+    """Stack RGB images into one normalised (N, 3, H, W) float tensor."""
+    transform = eval_transform(pre)
+    return torch.stack([transform(image) for image in images])
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS and not Path(path).name.startswith(".")

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import COLOURS, make_image_folder, make_tiny_checkpoint
+
+# Tests never touch the network: hub libraries fail at once instead of trying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+GROCERY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "grocery"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four easy colour classes, 12 images each, flat <root>/<class>/* layout."""
+    names = ["red", "green", "blue", "yellow"]
+    return make_image_folder(tmp_path_factory.mktemp("synthetic"),
+                             {n: COLOURS[n] for n in names}, per_class=12)
+
+
+@pytest.fixture(scope="session")
+def grocery() -> Path:
+    if not GROCERY.is_dir():
+        pytest.fail(f"the grocery photos are expected at {GROCERY}")
+    return GROCERY

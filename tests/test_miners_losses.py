@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from training.losses import similarity_distillation_loss, triplet_margin_loss
+from training.miners import batch_hard, pairwise_distances, random_triplets, semi_hard
+
+
+def on_circle(*degrees: float) -> torch.Tensor:
+    rad = torch.tensor(degrees) * math.pi / 180
+    return torch.stack([rad.cos(), rad.sin()], dim=1)
+
+
+# Class 0 at 0, 10 and 40 degrees; class 1 at 90 and 210 degrees.
+EMB = on_circle(0, 10, 40, 90, 210)
+LABELS = torch.tensor([0, 0, 0, 1, 1])
+
+
+def test_pairwise_distances_are_chords():
+    d = pairwise_distances(on_circle(0, 60, 180))
+    assert d[0, 1].item() == pytest.approx(1.0, abs=1e-5)  # 2 sin(30 deg)
+    assert d[0, 2].item() == pytest.approx(2.0, abs=1e-5)
+    assert d[1, 1].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_batch_hard_picks_farthest_positive_and_nearest_negative():
+    a, p, n = batch_hard(EMB, LABELS)
+    assert a.tolist() == [0, 1, 2, 3, 4]
+    assert p.tolist() == [2, 2, 0, 4, 3]
+    assert n.tolist() == [3, 3, 3, 2, 0]
+
+
+def test_batch_hard_skips_anchors_without_positive():
+    a, p, n = batch_hard(on_circle(0, 10, 90), torch.tensor([0, 0, 1]))
+    assert a.tolist() == [0, 1]
+    assert n.tolist() == [2, 2]
+
+
+def test_semi_hard_picks_nearest_negative_inside_the_margin_band():
+    a, p, n = semi_hard(EMB, LABELS, margin=0.3)
+    # (2,0): d_ap = 0.684, negative 3 at 0.845 is inside (0.684, 0.984).
+    # (4,3): d_ap = 1.732, negatives 0, 1, 2 at 1.932, 1.970, 1.992: nearest is 0.
+    assert list(zip(a.tolist(), p.tolist(), n.tolist(), strict=True)) == [(2, 0, 3), (4, 3, 0)]
+
+
+def test_semi_hard_never_returns_a_negative_closer_than_the_positive():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(32, 8), dim=1)
+    labels = torch.arange(32) % 4
+    a, p, n = semi_hard(emb, labels, margin=0.5)
+    d = pairwise_distances(emb)
+    assert len(a) > 0
+    assert bool((d[a, n] > d[a, p]).all()) and bool((d[a, n] < d[a, p] + 0.5).all())
+    assert bool((labels[a] == labels[p]).all()) and bool((labels[a] != labels[n]).all())
+
+
+def test_triplet_margin_loss_by_hand():
+    anchors = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    positives = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    negatives = torch.tensor([[0.0, 1.0], [0.6, 0.8]])
+    loss, active = triplet_margin_loss(anchors, positives, negatives, margin=0.2)
+    # First triplet is satisfied (0.894 - 1.414 + 0.2 < 0); second: 1.414 - 0.894 + 0.2.
+    assert loss.item() == pytest.approx((math.sqrt(2) - math.sqrt(0.8) + 0.2) / 2, abs=1e-5)
+    assert active == 0.5
+
+
+def test_triplet_loss_of_no_triplets_is_zero_with_a_gradient():
+    empty = torch.zeros(0, 2, requires_grad=True)
+    loss, active = triplet_margin_loss(empty, empty, empty, 0.2)
+    loss.backward()
+    assert loss.item() == 0.0 and active == 0.0
+
+
+def test_similarity_distillation_is_zero_for_identical_geometry_only():
+    x = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    rotation = torch.linalg.qr(torch.randn(4, 4))[0]
+    assert similarity_distillation_loss(x, x @ rotation).item() == pytest.approx(0, abs=1e-6)
+    assert similarity_distillation_loss(x, torch.randn(6, 4)).item() > 0.01
+
+
+def test_random_triplets_respect_labels():
+    labels = [0, 0, 0, 1, 1, 2]
+    triplets = random_triplets(labels, 50, torch.Generator().manual_seed(0))
+    assert len(triplets) == 50
+    for a, p, n in triplets:
+        assert a != p and labels[a] == labels[p] and labels[n] != labels[a]

@@ -1,0 +1,100 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.preprocessing import (
+    ImageDecodeError,
+    Preprocessing,
+    eval_transform,
+    load_image,
+    train_transform,
+)
+from tests.helpers import jpeg_bytes, png_bytes, synthetic_image
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG"),
+        lambda: encode(Image.new("RGB", (40, 30), (255, 0, 0)).convert("P"), "PNG"),
+        lambda: encode(Image.new("RGBA", (40, 30), (255, 0, 0, 0)), "PNG"),
+        lambda: encode(Image.new("L", (40, 30), 100), "PNG"),
+        lambda: encode(Image.new("LA", (40, 30), (100, 255)), "PNG"),
+        lambda: encode(Image.fromarray(np.full((30, 40), 40000, np.uint16)), "PNG"),
+        lambda: encode(Image.new("1", (40, 30), 1), "BMP"),
+        lambda: encode(Image.new("RGB", (40, 30), (0, 0, 255)), "WEBP"),
+        lambda: encode(Image.new("RGB", (40, 30), (0, 0, 255)), "GIF"),
+        lambda: encode(Image.new("RGB", (40, 30), (0, 0, 255)), "TIFF"),
+    ],
+    ids=["cmyk", "palette", "rgba", "grey", "grey-alpha", "16bit", "1bit", "webp", "gif", "tiff"],
+)
+def test_odd_but_valid_images_become_rgb(make):
+    image = load_image(make())
+    assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def test_transparent_pixels_become_white():
+    image = load_image(encode(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), "PNG"))
+    assert image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_sixteen_bit_range_is_scaled_not_clipped():
+    ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (8, 1))
+    image = load_image(encode(Image.fromarray(ramp), "PNG"))
+    values = np.asarray(image)[0, :, 0]
+    assert values[0] == 0 and values[-1] == 255 and 100 < values[32] < 160
+
+
+def test_exif_orientation_is_applied():
+    wide = Image.new("RGB", (60, 20), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image = load_image(jpeg_bytes(wide, exif=exif.tobytes()))
+    assert image.size == (20, 60)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"hello, this is not an image at all", "not an image"),
+        (jpeg_bytes(synthetic_image((1, 2, 3), 0, 200))[:600], "corrupt or truncated"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not an image|unsupported"),
+    ],
+    ids=["empty", "text", "truncated", "eps"],
+)
+def test_bad_input_gives_a_clear_error(data, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        load_image(data)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = png_bytes(Image.new("L", (3000, 3000)))
+    with pytest.raises(ImageDecodeError, match="too large"):
+        load_image(data, max_pixels=1_000_000)
+
+
+def test_draft_mode_decodes_big_jpegs_at_reduced_size():
+    data = jpeg_bytes(synthetic_image((200, 100, 50), 1, 1024))
+    image = load_image(data, draft_size=256)
+    assert image.size == (256, 256)
+    assert load_image(data).size == (1024, 1024)
+
+
+def test_eval_and_train_transforms_share_size_and_normalisation():
+    pre = Preprocessing(image_size=64)
+    image = synthetic_image((128, 128, 128), 2, 100)
+    x = eval_transform(pre)(image)
+    y = train_transform(pre, strength=0.0)(image)
+    assert x.shape == y.shape == (3, 64, 64)
+    # A mid-grey image normalises to about (0.5 - mean) / std in every pipeline.
+    assert abs(float(x[0].mean()) - (0.5 - 0.485) / 0.229) < 0.1
+    assert Preprocessing.from_dict(pre.to_dict()) == pre

@@ -1,0 +1,349 @@
+"""Train the triplet-loss Siamese encoder on an image-folder dataset.
+
+    python -m training.train --data ../shared/data/grocery --epochs 15 --out runs/encoder.pt
+
+One encoder embeds anchor, positive and negative alike (shared weights). Triplets are mined
+online inside P x K batches (batch-hard or semi-hard) or drawn at random offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models.backbones import DEFAULT_BACKBONE, backbone_stages
+from models.checkpoint import CheckpointMeta, atomic_torch_save, save_checkpoint
+from models.encoder import Encoder, EncoderConfig, build_encoder
+from models.inference import TorchEmbedder, resolve_device
+from models.preprocessing import Preprocessing, eval_transform, train_transform
+from training.data import ImageDataset, ImageFolder, Sample, scan_image_folder, split_dir
+from training.embedding import default_workers, embed_folder
+from training.losses import mined_triplet_loss, similarity_distillation_loss
+from training.metrics import retrieval_metrics
+from training.miners import batch_hard, random_triplets, semi_hard
+from training.samplers import PKSampler
+
+log = logging.getLogger("training.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, type=Path,
+                   help="<root>/<class>/* or <root>/{train,val,test}/<class>/*")
+    p.add_argument("--out", type=Path, default=Path("runs/encoder.pt"),
+                   help="best checkpoint path; <out>.last holds the state for --resume")
+    p.add_argument("--classes", type=_names, help="comma-separated subset of classes")
+    p.add_argument("--exclude-classes", type=_names, default=[],
+                   help="comma-separated classes to hold out")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--embedding-dim", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--p", type=int, default=16, help="classes per batch")
+    p.add_argument("--k", type=int, default=4, help="images per class per batch")
+    p.add_argument("--mining", choices=["batch-hard", "semi-hard", "offline"],
+                   default="batch-hard")
+    p.add_argument("--margin", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the projection head")
+    p.add_argument("--backbone-lr-mult", type=float, default=0.1,
+                   help="backbone learning rate = lr x this")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--freeze-stages", type=int, default=3,
+                   help="freeze this many backbone stages from the input side (stem counts)")
+    p.add_argument("--head-init", choices=["pca", "random"], default="pca",
+                   help="pca: start the projection as the PCA of the ImageNet features")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="weight of the similarity-preserving loss toward the ImageNet features")
+    p.add_argument("--augment", type=float, default=1.0, help="augmentation strength, 0 = none")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the data")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of train images held out when the data has no val split")
+    p.add_argument("--half", action="store_true", help="store the checkpoint weights as fp16")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.last")
+    p.add_argument("--no-pretrained", action="store_true", help="random backbone init (tests)")
+    return p.parse_args(argv)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def load_splits(args: argparse.Namespace) -> tuple[ImageFolder, ImageFolder | None]:
+    train_root = split_dir(args.data, "train")
+    train = scan_image_folder(train_root, include=args.classes, exclude=args.exclude_classes)
+    val_root = split_dir(args.data, "val")
+    if val_root is not None:
+        seen = [c for c in train.classes if (val_root / c).is_dir()]
+        val = scan_image_folder(val_root, include=seen) if seen else None
+        # Labels must mean the same class in both folders.
+        if val is not None:
+            remap = {i: train.classes.index(c) for i, c in enumerate(val.classes)}
+            val = ImageFolder(val.root, train.classes,
+                              [Sample(s.path, remap[s.label]) for s in val.samples])
+        return train, val
+    return carve_validation(train, args.val_fraction, args.seed)
+
+
+def carve_validation(
+    folder: ImageFolder, fraction: float, seed: int
+) -> tuple[ImageFolder, ImageFolder | None]:
+    """Hold out ``fraction`` of each class (classes with 4+ images) as a validation set."""
+    if fraction <= 0:
+        return folder, None
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in range(len(folder.classes)):
+        items = [s for s in folder.samples if s.label == label]
+        rng.shuffle(items)
+        n_val = max(1, round(len(items) * fraction)) if len(items) >= 4 else 0
+        val += items[:n_val]
+        train += items[n_val:]
+    return (ImageFolder(folder.root, folder.classes, train),
+            ImageFolder(folder.root, folder.classes, val) if val else None)
+
+
+class TripletDataset(Dataset):
+    """Offline mode: fixed random (anchor, positive, negative) triples of images."""
+
+    def __init__(self, folder: ImageFolder, transform, triplets: list[tuple[int, int, int]]):
+        self.images = ImageDataset(folder, transform)
+        self.triplets = triplets
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.stack([self.images[i][0] for i in self.triplets[index]])
+
+
+def freeze_stages(backbone: nn.Module, count: int) -> list[nn.Module]:
+    frozen = backbone_stages(backbone)[:count]
+    for stage in frozen:
+        stage.requires_grad_(False)
+    return frozen
+
+
+@torch.no_grad()
+def init_head_pca(encoder: Encoder, folder: ImageFolder, pre: Preprocessing,
+                  device: torch.device, workers: int) -> None:
+    """Set the projection to the top principal directions of the ImageNet features, so
+    training starts from the pretrained geometry instead of a random projection."""
+    head = encoder.head
+    assert isinstance(head, nn.Linear)
+    features_only = Encoder(encoder.backbone, encoder.feature_dim, None)
+    embedder = TorchEmbedder(features_only, pre, device)
+    # Unnormalised features: the PCA must see the backbone's real geometry.
+    features_only.forward = features_only.features  # type: ignore[method-assign]
+    feats = torch.from_numpy(embed_folder(embedder, folder, workers=workers, desc="PCA init"))
+    mean = feats.mean(0)
+    _, _, v = torch.linalg.svd(feats - mean, full_matrices=False)
+    components = v[: head.out_features]
+    if components.shape[0] < head.out_features:  # fewer images than dimensions
+        extra = torch.randn(head.out_features - components.shape[0], feats.shape[1])
+        components = torch.cat([components, torch.nn.functional.normalize(extra, dim=1) * 0.01])
+    head.weight.copy_(components.to(head.weight))
+    head.bias.copy_((-components @ mean).to(head.bias))
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None means fp32. On CPUs without native bf16 (no AVX512-BF16/AMX), bf16 autocast is
+    emulated and ~10x slower than fp32 (measured on AVX2 cores), so auto keeps fp32 there."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def validate(encoder: Encoder, val: ImageFolder | None, pre: Preprocessing,
+             device: torch.device, workers: int) -> dict[str, float]:
+    if val is None or len(val) < 2:
+        return {}
+    embedder = TorchEmbedder(encoder, pre, device)
+    embeddings = embed_folder(embedder, val, workers=workers, desc="validating")
+    try:
+        return retrieval_metrics(embeddings, np.asarray(val.labels))
+    except ValueError:
+        return {}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    pre = Preprocessing(image_size=args.image_size)
+    train, val = load_splits(args)
+    log.info("train: %d images in %d classes; val: %d images; device %s",
+             len(train), len(train.classes), len(val) if val else 0, device)
+
+    encoder = build_encoder(EncoderConfig(args.backbone, args.embedding_dim),
+                            pretrained=not args.no_pretrained).to(device)
+    last_path = args.out.with_name(args.out.name + ".last")
+    if args.head_init == "pca" and not args.resume:
+        init_head_pca(encoder, train, pre, device, args.workers)
+    # The teacher is the encoder as it starts (ImageNet backbone + PCA head), frozen.
+    teacher = None
+    if args.distill_weight > 0:
+        teacher = copy.deepcopy(encoder).eval().requires_grad_(False)
+    frozen = freeze_stages(encoder.backbone, args.freeze_stages)
+    # channels_last is ~2x faster for these convolutions on CPU and GPU alike.
+    encoder = encoder.to(memory_format=torch.channels_last)
+
+    backbone_params = [p for p in encoder.backbone.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder.head.parameters(), "lr": args.lr},
+         {"params": backbone_params, "lr": args.lr * args.backbone_lr_mult}],
+        weight_decay=args.weight_decay,
+    )
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    augment = train_transform(pre, args.augment) if args.augment > 0 else eval_transform(pre)
+    if args.mining == "offline":
+        count = args.steps_per_epoch * args.p * args.k // 3 or len(train)
+        gen = torch.Generator().manual_seed(args.seed)
+        triplets = random_triplets(train.labels, count, gen)
+        loader = DataLoader(TripletDataset(train, augment, triplets), shuffle=True,
+                            batch_size=max(1, args.p * args.k // 3), num_workers=args.workers,
+                            drop_last=True)
+        sampler = None
+    else:
+        sampler = PKSampler(train.labels, args.p, args.k, seed=args.seed)
+        if args.steps_per_epoch:
+            sampler.num_batches = args.steps_per_epoch
+        loader = DataLoader(ImageDataset(train, augment), batch_sampler=sampler,
+                            num_workers=args.workers)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    dtype = autocast_dtype(args.precision, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and device.type == "cuda")
+
+    start_epoch, best, history = 0, -1.0, []
+    if args.resume:
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        encoder.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        torch.set_rng_state(state["rng"])
+        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+
+    started = time.time()
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, args.epochs):
+        encoder.train()
+        for stage in frozen:
+            stage.eval()  # frozen BatchNorm keeps its ImageNet statistics
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        sums = {"loss": 0.0, "active": 0.0, "distill": 0.0}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
+        for batch in bar:
+            if args.mining == "offline":
+                images = batch.transpose(0, 1).reshape(-1, *batch.shape[2:])  # [A; P; N]
+                n = batch.shape[0]
+                index = torch.arange(n, device=device)
+                mined = (index, index + n, index + 2 * n)
+            else:
+                images, labels = batch
+                labels = labels.to(device)
+            images = images.to(device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base * lr_factor(step, total_steps, warmup_steps)
+            with torch.autocast(device.type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
+                embeddings = encoder(images)
+                teacher_embeddings = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_embeddings = teacher(images)
+            if args.mining == "batch-hard":
+                mined = batch_hard(embeddings, labels)
+            elif args.mining == "semi-hard":
+                mined = semi_hard(embeddings, labels, args.margin)
+            loss, active = mined_triplet_loss(embeddings, mined, args.margin)
+            if teacher_embeddings is not None:
+                distill = similarity_distillation_loss(embeddings, teacher_embeddings)
+                loss = loss + args.distill_weight * distill
+                sums["distill"] += float(distill.detach())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            sums["loss"] += float(loss.detach())
+            sums["active"] += active
+            bar.set_postfix(loss=f"{float(loss):.4f}", active=f"{active:.2f}")
+        epoch_stats = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
+        epoch_stats.update(epoch=epoch + 1, seconds=round(time.time() - started, 1))
+        val_metrics = validate(encoder, val, pre, device, args.workers)
+        epoch_stats.update({f"val_{k}": v for k, v in val_metrics.items()})
+        history.append(epoch_stats)
+        log.info("epoch %d: loss %.4f, active triplets %.2f, val recall@1 %s", epoch + 1,
+                 epoch_stats["loss"], epoch_stats["active"], val_metrics.get("recall@1", "n/a"))
+        # No validation data: keep the latest epoch.
+        score = val_metrics.get("recall@1", -1.0) if val is not None else epoch + 1.0
+        if score > best:
+            best = score
+            meta = CheckpointMeta(
+                encoder=EncoderConfig(args.backbone, args.embedding_dim), preprocessing=pre,
+                class_names=train.classes, train_args=_jsonable(vars(args)),
+                metrics={"best_epoch": epoch + 1, "val": val_metrics, "history": history,
+                         "train_images": len(train)},
+            )
+            save_checkpoint(args.out, encoder, meta, half=args.half)
+            log.info("saved best checkpoint to %s", args.out)
+        atomic_torch_save({"model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                           "epoch": epoch + 1, "best": best, "history": history,
+                           "rng": torch.get_rng_state()}, last_path)
+    log.info("done in %.0f s; best checkpoint %s", time.time() - started, args.out)
+    return {"history": history, "best": best}
+
+
+def _jsonable(values: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+
+
+if __name__ == "__main__":
+    main()
