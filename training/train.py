@@ -105,7 +105,8 @@ def load_splits(args: argparse.Namespace) -> tuple[ImageFolder, ImageFolder | No
 def carve_validation(
     folder: ImageFolder, fraction: float, seed: int
 ) -> tuple[ImageFolder, ImageFolder | None]:
-    """Hold out ``fraction`` of each class (classes with 4+ images) as a validation set."""
+    """Hold out ``fraction`` of each class (at least 2, from classes with 6+ images) as a
+    validation set, so that every validation image has a same-class neighbour."""
     if fraction <= 0:
         return folder, None
     rng = random.Random(seed)
@@ -113,7 +114,7 @@ def carve_validation(
     for label in range(len(folder.classes)):
         items = [s for s in folder.samples if s.label == label]
         rng.shuffle(items)
-        n_val = max(1, round(len(items) * fraction)) if len(items) >= 4 else 0
+        n_val = max(2, round(len(items) * fraction)) if len(items) >= 6 else 0
         val += items[:n_val]
         train += items[n_val:]
     return (ImageFolder(folder.root, folder.classes, train),
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             sums["loss"] += float(loss.detach())
             sums["active"] += active
-            bar.set_postfix(loss=f"{float(loss):.4f}", active=f"{active:.2f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", active=f"{active:.2f}")
         epoch_stats = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
         epoch_stats.update(epoch=epoch + 1, seconds=round(time.time() - started, 1))
         val_metrics = validate(encoder, val, pre, device, args.workers)
@@ -322,8 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
         history.append(epoch_stats)
         log.info("epoch %d: loss %.4f, active triplets %.2f, val recall@1 %s", epoch + 1,
                  epoch_stats["loss"], epoch_stats["active"], val_metrics.get("recall@1", "n/a"))
-        # No validation data: keep the latest epoch.
-        score = val_metrics.get("recall@1", -1.0) if val is not None else epoch + 1.0
+        # No usable validation data: keep the latest epoch.
+        score = val_metrics["recall@1"] if val_metrics else float(epoch + 1)
         if score > best:
             best = score
             meta = CheckpointMeta(

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.checkpoint import load_checkpoint
+from models.inference import TorchEmbedder
+from tests.helpers import COLOURS, TINY_BACKBONE, make_image_folder
+from training import evaluate, train
+from training.data import scan_image_folder
+from training.embedding import embed_folder
+from training.samplers import PKSampler
+
+TINY = ["--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",
+        "--embedding-dim", "16", "--workers", "0", "--freeze-stages", "0", "--augment", "0.3"]
+
+
+def test_pk_sampler_batches_have_p_classes_with_k_each():
+    labels = [0] * 5 + [1] * 3 + [2] * 1 + [3] * 6
+    sampler = PKSampler(labels, p=3, k=4, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(labels) // 12
+    for batch in batches:
+        classes = [labels[i] for i in batch]
+        assert len(batch) == 12 and sorted(set(classes)) != [] and len(set(classes)) == 3
+        assert all(classes.count(c) == 4 for c in set(classes))
+        assert 2 not in classes  # a single-image class can't give positives
+
+
+def test_loss_falls_on_an_easy_synthetic_task(synthetic_folder, tmp_path):
+    out = tmp_path / "enc.pt"
+    result = train.main(["--data", str(synthetic_folder), "--out", str(out), "--epochs", "6",
+                         "--p", "4", "--k", "4", "--steps-per-epoch", "4", "--lr", "3e-3",
+                         "--backbone-lr-mult", "1.0", "--seed", "1", *TINY])
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < 0.6 * losses[0], losses
+    loaded = load_checkpoint(out)
+    assert loaded.meta.class_names == ["blue", "green", "red", "yellow"]
+    assert loaded.meta.train_args["mining"] == "batch-hard"
+    assert "val" in loaded.meta.metrics and loaded.meta.metrics["best_epoch"] >= 1
+
+
+def test_checkpoint_reloads_to_the_embeddings_it_produced(synthetic_folder, tmp_path):
+    out = tmp_path / "enc.pt"
+    train.main(["--data", str(synthetic_folder), "--out", str(out), "--epochs", "1",
+                "--steps-per-epoch", "2", "--p", "4", "--k", "2", *TINY])
+    folder = scan_image_folder(synthetic_folder)
+    first = load_checkpoint(out)
+    a = embed_folder(TorchEmbedder(first.encoder, first.meta.preprocessing), folder)
+    b_loaded = load_checkpoint(out)
+    b = embed_folder(TorchEmbedder(b_loaded.encoder, b_loaded.meta.preprocessing), folder)
+    np.testing.assert_array_equal(a, b)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mining", ["semi-hard", "offline"])
+def test_other_mining_modes_train(synthetic_folder, tmp_path, mining):
+    out = tmp_path / "enc.pt"
+    result = train.main(["--data", str(synthetic_folder), "--out", str(out), "--epochs", "1",
+                         "--steps-per-epoch", "2", "--p", "4", "--k", "3",
+                         "--mining", mining, *TINY])
+    assert len(result["history"]) == 1 and out.exists()
+
+
+def test_resume_continues_where_it_stopped(synthetic_folder, tmp_path):
+    out = tmp_path / "enc.pt"
+    common = ["--data", str(synthetic_folder), "--out", str(out), "--steps-per-epoch", "2",
+              "--p", "4", "--k", "2", *TINY]
+    train.main([*common, "--epochs", "1"])
+    result = train.main([*common, "--epochs", "2", "--resume"])
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+
+
+def test_split_layout_subset_and_unreadable_files(tmp_path):
+    root = tmp_path / "data"
+    make_image_folder(root / "train", {k: COLOURS[k] for k in ["red", "green", "blue"]}, 6)
+    make_image_folder(root / "val", {k: COLOURS[k] for k in ["red", "green"]}, 3, seed=1)
+    (root / "train" / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (8, 8)).save(root / "train" / "red" / "tiny.png")
+    folder = scan_image_folder(root / "train")
+    assert len(folder) == 6 * 3 + 1  # the broken file is skipped, the PNG is kept
+    out = tmp_path / "enc.pt"
+    train.main(["--data", str(root), "--out", str(out), "--epochs", "1", "--classes",
+                "red,green", "--steps-per-epoch", "1", "--p", "2", "--k", "2", *TINY])
+    loaded = load_checkpoint(out)
+    assert loaded.meta.class_names == ["green", "red"]
+    assert loaded.meta.metrics["val"]["n_queries"] == 6
+
+
+def test_evaluate_writes_the_documented_json_and_pictures(synthetic_folder, tiny_checkpoint,
+                                                          tmp_path):
+    out = tmp_path / "eval.json"
+    evaluate.main(["--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_folder),
+                   "--gallery", str(synthetic_folder), "--json", str(out),
+                   "--grid", str(tmp_path / "grid.png"), "--plot", str(tmp_path / "map.png"),
+                   "--plot-method", "pca", "--ways", "3", "--episodes", "20", "--workers", "0"])
+    data = json.loads(out.read_text())
+    assert set(data["retrieval"]) >= {"recall@1", "recall@5", "precision@5", "map@r"}
+    assert set(data["fewshot"]) == {"3-way-1-shot", "3-way-5-shot"}
+    assert set(data["fewshot"]["3-way-1-shot"]) >= {"accuracy", "ci95"}
+    assert data["n_images"] == 48 and data["n_classes"] == 4
+    assert data["checkpoint"] == str(tiny_checkpoint)
+    # Queries searched against a gallery that contains them: each finds itself first.
+    assert data["retrieval"]["recall@1"] == 1.0
+    for picture in ("grid.png", "map.png"):
+        with Image.open(tmp_path / picture) as image:
+            assert image.size[0] > 300
+
+
+def test_trained_encoder_separates_synthetic_classes(synthetic_folder, tmp_path):
+    out = tmp_path / "enc.pt"
+    train.main(["--data", str(synthetic_folder), "--out", str(out), "--epochs", "4",
+                "--p", "4", "--k", "4", "--steps-per-epoch", "4", "--lr", "3e-3",
+                "--backbone-lr-mult", "1.0", "--val-fraction", "0", *TINY])
+    result = evaluate.main(["--checkpoint", str(out), "--data", str(synthetic_folder),
+                            "--ways", "4", "--shots", "1", "--episodes", "50",
+                            "--workers", "0"])
+    assert result["retrieval"]["recall@1"] > 0.9
+    assert result["fewshot"]["4-way-1-shot"]["accuracy"] > 0.8
+    torch.manual_seed(0)
