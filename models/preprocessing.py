@@ -33,6 +33,14 @@ class ImageDecodeError(ValueError):
     """The input is not a usable image; the message says why, in words for the user."""
 
 
+class UnsupportedFormatError(ImageDecodeError):
+    """A readable file in a format we don't accept (e.g. EPS, PDF, ICO)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """More pixels than allowed: a decompression bomb or an absurd photo."""
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How pixels become the encoder's input tensor; stored in every checkpoint."""
@@ -86,13 +94,13 @@ def load_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(stream)
             if image.format not in ALLOWED_FORMATS:
-                raise ImageDecodeError(
+                raise UnsupportedFormatError(
                     f"unsupported image format {image.format!r}; "
                     f"use one of {', '.join(sorted(ALLOWED_FORMATS))}"
                 )
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageDecodeError(
+                raise ImageTooLargeError(
                     f"image is too large: {width}x{height} pixels "
                     f"(limit {max_pixels:,} pixels)"
                 )
@@ -106,7 +114,7 @@ def load_image(
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image, or an image format that cannot be read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError("image is too large (decompression bomb protection)") from None
+        raise ImageTooLargeError("image is too large (decompression bomb protection)") from None
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

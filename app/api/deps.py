@@ -1,0 +1,74 @@
+"""Dependencies shared by the routes, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+
+from app.core.config import Settings
+from app.services.embedding import EmbeddingService
+from app.services.gallery import Gallery
+from app.services.state import ServiceState
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_gallery(state: StateDep) -> Gallery:
+    if not state.ready or state.gallery is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            f"the service is not ready yet ({state.detail})",
+                            headers={"Retry-After": "5"})
+    return state.gallery
+
+
+GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+
+
+def get_embedding(state: StateDep, _: GalleryDep) -> EmbeddingService:
+    assert state.embedding is not None
+    return state.embedding
+
+
+EmbeddingDep = Annotated[EmbeddingService, Depends(get_embedding)]
+
+
+def _check_key(settings: Settings, given: str | None) -> None:
+    if settings.api_key is None:
+        return
+    if given is None or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            "a valid X-API-Key header is required for this request",
+                            headers={"WWW-Authenticate": "X-API-Key"})
+
+
+def require_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]):
+    """Enrolment and deletion: the API key, when one is set."""
+    _check_key(settings, key)
+
+
+def require_key_for_reads(settings: SettingsDep,
+                          key: Annotated[str | None, Security(api_key_header)]):
+    """Search and browsing: open unless SEARCH_REQUIRES_KEY is set."""
+    if settings.search_requires_key:
+        _check_key(settings, key)
+
+
+WriteAccess = Depends(require_key)
+ReadAccess = Depends(require_key_for_reads)

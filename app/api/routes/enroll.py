@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+
+from app.api.deps import EmbeddingDep, GalleryDep, SettingsDep, WriteAccess
+from app.api.uploads import clean_label, decode_upload, read_upload
+from app.schemas import EnrolledItem, EnrollResult, ErrorMessage
+
+router = APIRouter(tags=["gallery"])
+
+
+@router.post(
+    "/enroll",
+    response_model=EnrollResult,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[WriteAccess],
+    summary="Add one or more example photos of a new or existing label",
+    responses={200: {"model": EnrollResult, "description": "all files were already enrolled"},
+               401: {"model": ErrorMessage}, 413: {"model": ErrorMessage}},
+)
+async def enroll(
+    file: Annotated[list[UploadFile], File(description="one or several photos")],
+    label: Annotated[str, Form(description="the class name", max_length=1000)],
+    gallery: GalleryDep,
+    embedding: EmbeddingDep,
+    settings: SettingsDep,
+    response: Response,
+) -> EnrollResult:
+    """The photos are searchable in the very next request. When this returns, they are
+    stored durably. The same bytes under the same label return the existing item."""
+    label = clean_label(label)
+    if len(file) > settings.max_files_per_enroll:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"at most {settings.max_files_per_enroll} files per request")
+    images = [await decode_upload(await read_upload(f, settings), embedding) for f in file]
+    vectors = np.stack(await asyncio.gather(*(embedding.embed(i.tensor) for i in images)))
+    results = await asyncio.to_thread(gallery.enroll, label, images, vectors)
+    if not any(created for _, created in results):
+        response.status_code = status.HTTP_200_OK
+    return EnrollResult(items=[
+        EnrolledItem(id=item.id, label=item.label, created=created,
+                     image_url=f"/items/{item.id}/image")
+        for item, created in results
+    ])

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import StateDep
+from app.schemas import Health, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, summary="Model and index are ready",
+            responses={503: {"model": Readiness}})
+def readyz(state: StateDep, response: Response) -> Readiness:
+    if not state.ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Readiness(
+        status="ready" if state.ready else "not ready",
+        detail=state.detail,
+        checkpoint=state.checkpoint,
+        runtime=state.runtime,
+        device=state.device,
+        gallery_items=len(state.gallery) if state.ready and state.gallery else None,
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request, state: StateDep) -> Response:
+    m = request.app.state.metrics
+    if state.ready and state.gallery is not None:
+        m.gallery_items.set(len(state.gallery))
+        m.gallery_labels.set(len(state.gallery.labels()))
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

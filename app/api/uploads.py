@@ -1,0 +1,58 @@
+"""Reading uploads and labels: sizes, emptiness and names checked before any work."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import unicodedata
+
+from fastapi import HTTPException, UploadFile, status
+from PIL import Image
+
+from app.core.config import Settings
+from app.services.embedding import EmbeddingService
+from app.services.gallery import NewImage
+
+EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp",
+              "GIF": ".gif", "TIFF": ".tiff"}
+MAX_LABEL_LENGTH = 100
+RESERVED_LABELS = {"unknown"}
+
+
+async def read_upload(file: UploadFile, settings: Settings) -> bytes:
+    limit = settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    name = file.filename or "upload"
+    if len(data) > limit:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"{name}: file is larger than the {settings.max_upload_mb:g} MB limit")
+    if not data:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}: the file is empty")
+    return data
+
+
+async def decode_upload(data: bytes, embedding: EmbeddingService) -> NewImage:
+    """Decode off the event loop; ImageDecodeError propagates to its handler (4xx)."""
+    image, tensor = await asyncio.to_thread(embedding.decode, data)
+    with Image.open(io.BytesIO(data)) as header:
+        extension = EXTENSIONS.get(header.format or "", ".img")
+    return NewImage(data, tensor, image.width, image.height, extension)
+
+
+def clean_label(raw: str) -> str:
+    label = unicodedata.normalize("NFC", raw).strip()
+    if not label:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "label must not be empty")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            f"label is longer than {MAX_LABEL_LENGTH} characters")
+    if any(unicodedata.category(ch).startswith("C") for ch in label):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            "label must not contain control or invisible characters")
+    if not any(ch.isalnum() for ch in label):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            "label must contain at least one letter or digit")
+    if label.lower() in RESERVED_LABELS:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            f"{label!r} is reserved: /classify answers it for unknown photos")
+    return label

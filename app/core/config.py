@@ -1,0 +1,52 @@
+"""Service settings, from environment variables or a ``.env`` file (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.checkpoint import DEFAULT_CHECKPOINT
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    checkpoint: str = str(DEFAULT_CHECKPOINT)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    data_dir: Path = Path("data")
+    gallery_dir: Path | None = None
+    api_key: str | None = None
+    search_requires_key: bool = False
+    max_upload_mb: float = Field(10.0, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    max_files_per_enroll: int = Field(32, ge=1)
+    # Cosine score below which /classify answers "unknown" (see README: chosen on
+    # validation data with classes the encoder never saw).
+    classify_threshold: float = Field(0.60, ge=-1.0, le=1.0)
+    # Micro-batching: concurrent searches wait at most this long to share one model call.
+    batch_wait_ms: float = Field(4.0, ge=0)
+    max_batch: int = Field(32, ge=1)
+    embed_batch_size: int = Field(32, ge=1)
+    threads: int | None = Field(None, ge=1, description="inference threads (default: all)")
+    log_level: str = "INFO"
+
+    @field_validator("gallery_dir", "api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,76 @@
+"""The FastAPI application: few-shot image search, one-shot enrolment, a persistent gallery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.api.routes import enroll, health, items, search
+from app.core.config import Settings, get_settings
+from app.core.limits import BodySizeLimit
+from app.core.metrics import Metrics, MetricsMiddleware
+from app.services.state import ServiceState
+from models.preprocessing import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state: ServiceState = app.state.service
+        # Load in the background: /healthz answers at once and /readyz says when it's done.
+        loading = asyncio.create_task(state.start(), name="start-up")
+        yield
+        loading.cancel()
+        await state.stop()
+
+    app = FastAPI(
+        title="Few-shot image search",
+        version="0.1.0",
+        summary="Search a gallery of labelled photos by example and add new kinds from a "
+                "single photo, with a triplet-loss Siamese encoder.",
+        lifespan=lifespan,
+    )
+    app.state.service = ServiceState(settings)
+    app.state.metrics = Metrics()
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
+                       max_files=settings.max_files_per_enroll)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for router in (search.router, enroll.router, items.router, health.router):
+        app.include_router(router)
+
+    @app.exception_handler(ImageDecodeError)
+    async def bad_image(_: Request, exc: ImageDecodeError) -> JSONResponse:
+        code = status.HTTP_400_BAD_REQUEST
+        if isinstance(exc, UnsupportedFormatError):
+            code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+        elif isinstance(exc, ImageTooLargeError):
+            code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def index() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` builds the app on first access, from the environment.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

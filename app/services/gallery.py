@@ -1,0 +1,238 @@
+"""The gallery: labelled photos kept in the store, searchable through the index.
+
+It owns the consistency rules: the store is the truth; the index and the per-label
+prototypes are derived from it at start-up and updated after each committed change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from app.services.embedding import EmbeddingService
+from app.services.index import ReadWriteLock, VectorIndex
+from app.services.store import Item, Store
+from models.preprocessing import ImageDecodeError, is_image_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: Item
+    score: float
+
+
+@dataclass(frozen=True)
+class NewImage:
+    data: bytes
+    tensor: torch.Tensor
+    width: int
+    height: int
+    extension: str
+
+
+class Gallery:
+    def __init__(self, store: Store, embedding: EmbeddingService, fingerprint: str) -> None:
+        self.store = store
+        self.embedding = embedding
+        self.fingerprint = fingerprint
+        self.index = VectorIndex(embedding.dim)
+        self.items: dict[int, Item] = {}
+        self._label_sums: dict[str, np.ndarray] = {}
+        self._label_counts: dict[str, int] = defaultdict(int)
+        self._vectors: dict[int, np.ndarray] = {}
+        self._mutate = threading.Lock()  # serialises every change to store + index
+        self._rw = ReadWriteLock()  # guards the derived state against concurrent searches
+
+    # Start-up ----------------------------------------------------------------------------
+    def load(self, gallery_dir: Path | None, batch_size: int = 32) -> dict[str, int]:
+        """Sync the gallery folder into the store, (re-)embed what this checkpoint hasn't
+        embedded yet, and build the index from the store."""
+        stats = {"scanned": 0, "added": 0, "removed": 0, "embedded": 0}
+        with self._mutate:
+            if gallery_dir is not None:
+                stats.update(self._sync_folder(Path(gallery_dir), batch_size))
+            stats["embedded"] += self._embed_missing(batch_size)
+            ids, vectors = self.store.embeddings(self.fingerprint)
+            by_id = {item.id: item for item in self.store.all_items()}
+            self._apply_add([by_id[i] for i in ids.tolist()], vectors)
+        return stats
+
+    def _sync_folder(self, root: Path, batch_size: int) -> dict[str, int]:
+        if not root.is_dir():
+            log.warning("gallery folder %s does not exist: starting with the stored items "
+                        "only; enrol photos to fill the gallery", root)
+            return {}
+        known = {item.path: item for item in self.store.all_items() if item.source == "gallery"}
+        tombstones = self.store.tombstoned_paths()
+        files = []
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            files += [(class_dir.name, p.resolve()) for p in sorted(class_dir.rglob("*"))
+                      if p.is_file() and is_image_file(p)]
+        present = {str(path) for _, path in files}
+        gone = [item for path, item in known.items() if path not in present]
+        if gone:
+            self.store.forget_gallery_paths(gone)
+        todo = [(label, path) for label, path in files
+                if str(path) not in known and str(path) not in tombstones]
+        log.info("gallery %s: %d images, %d new, %d gone", root, len(files), len(todo),
+                 len(gone))
+        added = 0
+        for start in tqdm(range(0, len(todo), batch_size), desc="embedding gallery",
+                          unit="batch", disable=not todo):
+            rows, tensors = [], []
+            for label, path in todo[start : start + batch_size]:
+                try:
+                    data = path.read_bytes()
+                    image, tensor = self.embedding.decode(data)
+                except (OSError, ImageDecodeError) as exc:
+                    log.warning("skipping unreadable gallery image %s: %s", path, exc)
+                    continue
+                sha = hashlib.sha256(data).hexdigest()
+                if self.store.find(label, sha) or any(r[0] == label and r[1] == sha
+                                                      for r in rows):
+                    continue  # the same photo twice under one label: keep one
+                rows.append((label, sha, "gallery", str(path), image.width, image.height))
+                tensors.append(tensor)
+            if rows:
+                self.store.insert_items(rows, self.embedding.embed_tensors(tensors),
+                                        self.fingerprint)
+                added += len(rows)
+            if start and start % (batch_size * 10) == 0:
+                log.info("embedded %d/%d gallery images", start, len(todo))
+        return {"scanned": len(files), "added": added, "removed": len(gone)}
+
+    def _embed_missing(self, batch_size: int) -> int:
+        """Items without an embedding from this checkpoint (new checkpoint, or a crash
+        between steps): recompute from the stored images, never mixing checkpoints."""
+        missing = self.store.items_missing_embedding(self.fingerprint)
+        if missing:
+            log.info("computing %d embeddings for checkpoint %s from stored images",
+                     len(missing), self.fingerprint)
+        unreadable = []
+        for start in tqdm(range(0, len(missing), batch_size), desc="re-embedding",
+                          unit="batch", disable=not missing):
+            ids, tensors = [], []
+            for item in missing[start : start + batch_size]:
+                try:
+                    _, tensor = self.embedding.decode(self.store.image_path(item).read_bytes())
+                except (OSError, ImageDecodeError) as exc:
+                    log.error("item %d: stored image unreadable (%s); it is left out of the "
+                              "index", item.id, exc)
+                    unreadable.append(item)
+                    continue
+                ids.append(item.id)
+                tensors.append(tensor)
+            if ids:
+                self.store.set_embeddings(ids, self.embedding.embed_tensors(tensors),
+                                          self.fingerprint)
+        return len(missing) - len(unreadable)
+
+    # Queries -----------------------------------------------------------------------------
+    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+        with self._rw.read():
+            return [Hit(self.items[i], s) for i, s in self.index.search(vector, k)]
+
+    def get(self, item_id: int) -> Item | None:
+        with self._rw.read():
+            return self.items.get(item_id)
+
+    def list_items(self, label: str | None = None) -> list[Item]:
+        with self._rw.read():
+            items = list(self.items.values())
+        return sorted((i for i in items if label is None or i.label == label),
+                      key=lambda i: i.id)
+
+    def __len__(self) -> int:
+        with self._rw.read():
+            return len(self.index)
+
+    def classify(self, vector: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
+        """Labels ranked by cosine similarity to their prototype (normalised mean)."""
+        with self._rw.read():
+            labels = list(self._label_sums)
+            if not labels:
+                return []
+            sums = np.stack([self._label_sums[label] for label in labels])
+        prototypes = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        scores = prototypes @ vector
+        order = np.argsort(-scores)[:top]
+        return [(labels[i], float(scores[i])) for i in order]
+
+    def labels(self) -> dict[str, int]:
+        with self._rw.read():
+            return dict(sorted(self._label_counts.items()))
+
+    # Changes -----------------------------------------------------------------------------
+    def enroll(self, label: str, images: list[NewImage],
+               vectors: np.ndarray) -> list[tuple[Item, bool]]:
+        """Store and index new images under ``label``; (item, created) in input order.
+        The same bytes under the same label return the existing item."""
+        results: list[tuple[Item, bool] | None] = [None] * len(images)
+        with self._mutate:
+            rows, new_vectors, positions = [], [], []
+            seen: dict[str, int] = {}
+            for position, image in enumerate(images):
+                sha = hashlib.sha256(image.data).hexdigest()
+                existing = self.store.find(label, sha)
+                if existing is not None:
+                    results[position] = (existing, False)
+                    continue
+                if sha in seen:  # the same file twice in one request
+                    positions.append((position, seen[sha]))
+                    continue
+                path = self.store.save_image(image.data, sha, image.extension)
+                seen[sha] = len(rows)
+                rows.append((label, sha, "enrolled", path, image.width, image.height))
+                new_vectors.append(vectors[position])
+                positions.append((position, len(rows) - 1))
+            created = (self.store.insert_items(rows, np.stack(new_vectors), self.fingerprint)
+                       if rows else [])
+            if created:
+                self._apply_add(created, np.stack(new_vectors))
+            first_use = set()
+            for position, row in positions:
+                results[position] = (created[row], row not in first_use)
+                first_use.add(row)
+        return [r for r in results if r is not None]
+
+    def delete(self, items: list[Item]) -> None:
+        with self._mutate:
+            self.store.delete_items(items)
+            self._apply_remove(items)
+
+    # Derived state -----------------------------------------------------------------------
+    def _apply_add(self, items: list[Item], vectors: np.ndarray) -> None:
+        if not items:
+            return
+        with self._rw.write():
+            self.index.add(np.array([i.id for i in items], np.int64), vectors)
+            for item, vector in zip(items, vectors, strict=True):
+                self.items[item.id] = item
+                self._vectors[item.id] = vector
+                self._label_sums[item.label] = self._label_sums.get(item.label, 0) + vector
+                self._label_counts[item.label] += 1
+
+    def _apply_remove(self, items: list[Item]) -> None:
+        with self._rw.write():
+            self.index.remove([item.id for item in items])
+            for item in items:
+                self.items.pop(item.id, None)
+                vector = self._vectors.pop(item.id, None)
+                if vector is None:
+                    continue
+                self._label_counts[item.label] -= 1
+                if self._label_counts[item.label] <= 0:
+                    self._label_counts.pop(item.label, None)
+                    self._label_sums.pop(item.label, None)
+                else:
+                    self._label_sums[item.label] = self._label_sums[item.label] - vector

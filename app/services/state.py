@@ -1,0 +1,79 @@
+"""What the service holds once it has started: the model, the gallery, and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from app.core.config import Settings
+from app.services.embedding import EmbeddingService
+from app.services.gallery import Gallery
+from app.services.store import Store
+from models.checkpoint import load_checkpoint
+from models.inference import make_embedder, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    ready: bool = False
+    detail: str = "starting: loading the model"
+    error: str | None = None
+    gallery: Gallery | None = None
+    embedding: EmbeddingService | None = None
+    store: Store | None = None
+    checkpoint: str | None = None
+    runtime: str | None = None
+    device: str | None = None
+    started_at: float = field(default_factory=time.time)
+    startup_seconds: float | None = None
+
+    async def start(self) -> None:
+        """Load everything; on failure stay alive, not ready, with the reason in /readyz."""
+        try:
+            await asyncio.to_thread(self._load_model)
+            assert self.embedding is not None
+            await self.embedding.start()
+            self.detail = "starting: embedding the gallery"
+            stats = await asyncio.to_thread(self._load_gallery)
+            self.startup_seconds = time.time() - self.started_at
+            self.ready, self.detail = True, "ready"
+            assert self.gallery is not None
+            log.info("ready in %.1f s: %d items in the gallery (%s)", self.startup_seconds,
+                     len(self.gallery.index), stats)
+        except Exception as exc:  # reported through /readyz and the log, never swallowed
+            log.exception("start-up failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.detail = f"start-up failed: {self.error}"
+
+    def _load_model(self) -> None:
+        s = self.settings
+        device = resolve_device(s.device)
+        loaded = load_checkpoint(s.checkpoint, device=device)
+        cache = s.data_dir / "onnx"
+        embedder = make_embedder(loaded, s.runtime, str(device), cache_dir=cache,
+                                 threads=s.threads)
+        self.embedding = EmbeddingService(embedder, s.max_batch, s.batch_wait_ms,
+                                          s.max_image_pixels)
+        self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, str(device)
+        self.store = Store(s.data_dir)
+        self.gallery = Gallery(self.store, self.embedding, loaded.fingerprint)
+        log.info("loaded %s (fingerprint %s) on %s with runtime %s", s.checkpoint,
+                 loaded.fingerprint, device, embedder.name)
+
+    def _load_gallery(self) -> dict[str, int]:
+        assert self.gallery is not None
+        if self.settings.gallery_dir is None:
+            log.info("no GALLERY_DIR set: serving the stored items only (%s); enrol photos "
+                     "to add classes", self.settings.data_dir)
+        return self.gallery.load(self.settings.gallery_dir, self.settings.embed_batch_size)
+
+    async def stop(self) -> None:
+        if self.embedding is not None:
+            await self.embedding.stop()
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,210 @@
+"""SQLite, the source of truth: items, labels, image hashes, embeddings and their checkpoint.
+
+Enrolled images live in ``<data_dir>/images``; gallery-folder images stay where they are and
+are referenced by path. Writes commit with ``synchronous=FULL`` in WAL mode, so what a request
+acknowledged survives a crash or ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    label TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('gallery', 'enrolled')),
+    path TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (label, sha256)
+);
+CREATE INDEX IF NOT EXISTS items_label ON items (label);
+CREATE INDEX IF NOT EXISTS items_path ON items (path);
+CREATE TABLE IF NOT EXISTS embeddings (
+    item_id INTEGER PRIMARY KEY REFERENCES items (id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+-- Gallery files deleted through the API stay deleted when the folder is scanned again.
+CREATE TABLE IF NOT EXISTS tombstones (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    label: str
+    sha256: str
+    source: str
+    path: str
+    width: int
+    height: int
+    created_at: float
+
+
+class Store:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.image_dir = self.data_dir / "images"
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.data_dir / "gallery.sqlite3", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # Reads -------------------------------------------------------------------------------
+    def all_items(self) -> list[Item]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM items ORDER BY id").fetchall()
+        return [Item(*row) for row in rows]
+
+    def find(self, label: str, sha256: str) -> Item | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM items WHERE label = ? AND sha256 = ?",
+                                   (label, sha256)).fetchone()
+        return Item(*row) if row else None
+
+    def embeddings(self, fingerprint: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the items embedded by the checkpoint ``fingerprint``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item_id, vector FROM embeddings WHERE fingerprint = ? ORDER BY item_id",
+                (fingerprint,),
+            ).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        return ids, np.stack([np.frombuffer(r[1], np.float32) for r in rows])
+
+    def items_missing_embedding(self, fingerprint: str) -> list[Item]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT items.* FROM items LEFT JOIN embeddings e "
+                "ON e.item_id = items.id AND e.fingerprint = ? WHERE e.item_id IS NULL "
+                "ORDER BY items.id",
+                (fingerprint,),
+            ).fetchall()
+        return [Item(*row) for row in rows]
+
+    def tombstoned_paths(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT path FROM tombstones")}
+
+    # Writes ------------------------------------------------------------------------------
+    def save_image(self, data: bytes, sha256: str, extension: str) -> str:
+        """Store enrolled image bytes durably; returns the path relative to the data dir."""
+        relative = Path("images") / sha256[:2] / f"{sha256}{extension}"
+        target = self.data_dir / relative
+        if target.exists():
+            return relative.as_posix()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        return relative.as_posix()
+
+    def insert_items(
+        self, rows: list[tuple[str, str, str, str, int, int]], vectors: np.ndarray,
+        fingerprint: str
+    ) -> list[Item]:
+        """Insert (label, sha256, source, path, width, height) rows with their embeddings in
+        one transaction."""
+        now = time.time()
+        created = []
+        with self.transaction() as db:
+            for (label, sha, source, path, width, height), vector in zip(rows, vectors,
+                                                                         strict=True):
+                cursor = db.execute(
+                    "INSERT INTO items (label, sha256, source, path, width, height, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (label, sha, source, path, width, height, now),
+                )
+                item_id = int(cursor.lastrowid)
+                db.execute("INSERT INTO embeddings VALUES (?, ?, ?)",
+                           (item_id, fingerprint, _blob(vector)))
+                created.append(Item(item_id, label, sha, source, path, width, height, now))
+        return created
+
+    def set_embeddings(self, ids: list[int], vectors: np.ndarray, fingerprint: str) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO embeddings VALUES (?, ?, ?) ON CONFLICT (item_id) DO UPDATE SET "
+                "fingerprint = excluded.fingerprint, vector = excluded.vector",
+                [(i, fingerprint, _blob(v)) for i, v in zip(ids, vectors, strict=True)],
+            )
+
+    def delete_items(self, items: list[Item]) -> None:
+        with self.transaction() as db:
+            for item in items:
+                if item.source == "gallery":
+                    db.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?)",
+                               (item.path, item.sha256))
+                db.execute("DELETE FROM items WHERE id = ?", (item.id,))
+        for item in items:
+            if item.source == "enrolled" and not self._image_still_used(item):
+                (self.data_dir / item.path).unlink(missing_ok=True)
+
+    def forget_gallery_paths(self, items: list[Item]) -> None:
+        """Drop gallery items whose files are gone from the folder (no tombstone)."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM items WHERE id = ?", [(i.id,) for i in items])
+
+    def _image_still_used(self, item: Item) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM items WHERE path = ? LIMIT 1",
+                                    (item.path,)).fetchone() is not None
+
+    def image_path(self, item: Item) -> Path:
+        return Path(item.path) if item.source == "gallery" else self.data_dir / item.path
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
