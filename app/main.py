@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(exc, UnsupportedFormatError):
             code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
         elif isinstance(exc, ImageTooLargeError):
-            code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+            code = 413
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     if (STATIC / "index.html").is_file():

@@ -7,8 +7,10 @@ picks the runtime; ``export_onnx`` writes the ONNX graph (cached per checkpoint 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -117,21 +119,25 @@ def export_onnx(loaded: LoadedEncoder, out: str | os.PathLike, opset: int = 17) 
     """Export the encoder (normalised embeddings, dynamic batch) to ONNX, atomically."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    encoder = loaded.encoder.to("cpu").float().eval()
+    encoder = copy.deepcopy(loaded.encoder).to("cpu").float().eval()
     size = loaded.meta.preprocessing.image_size
     example = torch.zeros(2, 3, size, size)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        torch.onnx.export(
-            encoder,
-            (example,),
-            str(tmp),
-            input_names=["images"],
-            output_names=["embeddings"],
-            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated but exports this CNN exactly with no
+            # extra packages; move to the torch.export-based one when it is removed.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                encoder,
+                (example,),
+                str(tmp),
+                input_names=["images"],
+                output_names=["embeddings"],
+                dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ class ServiceState:
     device: str | None = None
     started_at: float = field(default_factory=time.time)
     startup_seconds: float | None = None
+    startup_stats: dict[str, int] = field(default_factory=dict)
 
     async def start(self) -> None:
         """Load everything; on failure stay alive, not ready, with the reason in /readyz."""
@@ -39,7 +40,7 @@ class ServiceState:
             assert self.embedding is not None
             await self.embedding.start()
             self.detail = "starting: embedding the gallery"
-            stats = await asyncio.to_thread(self._load_gallery)
+            stats = self.startup_stats = await asyncio.to_thread(self._load_gallery)
             self.startup_seconds = time.time() - self.started_at
             self.ready, self.detail = True, "ready"
             assert self.gallery is not None

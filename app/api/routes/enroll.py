@@ -34,7 +34,7 @@ async def enroll(
     stored durably. The same bytes under the same label return the existing item."""
     label = clean_label(label)
     if len(file) > settings.max_files_per_enroll:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        raise HTTPException(413,
                             f"at most {settings.max_files_per_enroll} files per request")
     images = [await decode_upload(await read_upload(f, settings), embedding) for f in file]
     vectors = np.stack(await asyncio.gather(*(embedding.embed(i.tensor) for i in images)))

@@ -1,0 +1,350 @@
+import io
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.core.config import Settings
+from app.main import create_app
+from tests.helpers import COLOURS, jpeg_bytes, make_image_folder, make_tiny_checkpoint, png_bytes
+from tests.helpers import synthetic_image as synth
+
+
+@pytest.fixture(scope="module")
+def gallery_dir(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("gallery"),
+                             {k: COLOURS[k] for k in ["red", "green", "blue"]}, per_class=4)
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        response = client.get("/readyz")
+        if response.status_code == 200:
+            return response.json()
+        if "failed" in response.json()["detail"]:
+            return response.json()
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout} s: {response.json()}")
+
+
+@contextmanager
+def running(checkpoint: Path, data_dir: Path, gallery: Path | None = None, **overrides):
+    settings = Settings(_env_file=None, checkpoint=str(checkpoint), data_dir=data_dir,
+                        gallery_dir=gallery, **overrides)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture()
+def client(tiny_checkpoint, gallery_dir, tmp_path):
+    with running(tiny_checkpoint, tmp_path / "data", gallery_dir) as c:
+        yield c
+
+
+def upload(data: bytes, name: str = "photo.jpg", field: str = "file"):
+    return {field: (name, data, "application/octet-stream")}
+
+
+def photo(colour: str = "red", seed: int = 500) -> bytes:
+    return jpeg_bytes(synth(COLOURS[colour], seed))
+
+
+def enroll(client, data: bytes, label: str, **kwargs):
+    return client.post("/enroll", files=upload(data), data={"label": label}, **kwargs)
+
+
+def test_health_readiness_and_openapi(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["gallery_items"] == 12
+    assert ready["runtime"] == "onnx" and ready["device"] == "cpu"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/enroll", "/classify", "/labels", "/items", "/items/{item_id}",
+            "/items/{item_id}/image", "/labels/{label}", "/metrics"} <= set(paths)
+
+
+def test_search_returns_k_best_first_with_working_image_urls(client):
+    body = client.post("/search", files=upload(photo()), params={"k": 7}).json()
+    results = body["results"]
+    assert len(results) == 7 and body["k"] == 7 and body["took_ms"] > 0
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1.0001 for s in scores)
+    assert {"id", "label", "score", "image_url"} <= set(results[0])
+    image = client.get(results[0]["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(image.content)).size == (80, 80)
+    assert len(client.post("/search", files=upload(photo())).json()["results"]) == 5
+
+
+def test_enrolled_photo_is_searchable_in_the_next_request(client):
+    data = photo("cyan", 1)
+    response = enroll(client, data, "cyan")
+    assert response.status_code == 201
+    (item,) = response.json()["items"]
+    assert item["created"] and item["label"] == "cyan"
+    top = client.post("/search", files=upload(data)).json()["results"][0]
+    assert top["id"] == item["id"] and top["label"] == "cyan"
+    assert top["score"] == pytest.approx(1.0, abs=1e-3)
+    assert client.get(f"/items/{item['id']}").json()["source"] == "enrolled"
+    assert client.get(item["image_url"]).content == data
+
+
+def test_same_bytes_same_label_returns_the_existing_id(client):
+    data = photo("purple", 2)
+    first = enroll(client, data, "purple").json()["items"][0]
+    again = enroll(client, data, "purple")
+    assert again.status_code == 200
+    assert again.json()["items"][0] == {**first, "created": False}
+    assert client.get("/labels").json()["labels"][-2:][0]["label"] in {"green", "purple"}
+    counts = {x["label"]: x["count"] for x in client.get("/labels").json()["labels"]}
+    assert counts["purple"] == 1
+    # Under another label the same bytes are a new item.
+    assert enroll(client, data, "violet").status_code == 201
+
+
+def test_enrol_several_files_at_once(client):
+    files = [("file", (f"{i}.png", png_bytes(synth(COLOURS["yellow"], 900 + i)), "image/png"))
+             for i in range(3)]
+    response = client.post("/enroll", files=files, data={"label": "sunny"})
+    assert response.status_code == 201
+    ids = [i["id"] for i in response.json()["items"]]
+    assert len(set(ids)) == 3
+    page = client.get("/items", params={"label": "sunny"}).json()
+    assert page["total"] == 3 and sorted(i["id"] for i in page["items"]) == sorted(ids)
+    assert client.get(f"/items/{ids[0]}/image").headers["content-type"] == "image/png"
+
+
+def test_classify_uses_prototypes_and_the_threshold(tiny_checkpoint, gallery_dir, tmp_path):
+    with running(tiny_checkpoint, tmp_path / "a", gallery_dir, classify_threshold=-1) as c:
+        body = c.post("/classify", files=upload(photo("red", 7))).json()
+        assert body["label"] == body["candidates"][0]["label"] != "unknown"
+        assert {x["label"] for x in body["candidates"]} == {"red", "green", "blue"}
+        scores = [x["score"] for x in body["candidates"]]
+        assert scores == sorted(scores, reverse=True) and body["score"] == scores[0]
+    with running(tiny_checkpoint, tmp_path / "b", gallery_dir, classify_threshold=1.0) as c:
+        body = c.post("/classify", files=upload(photo("red", 7))).json()
+        assert body["label"] == "unknown" and body["score"] < 1.0
+
+
+def test_items_paging_and_filtering(client):
+    page = client.get("/items", params={"offset": 2, "limit": 5}).json()
+    assert page["total"] == 12 and page["offset"] == 2 and len(page["items"]) == 5
+    all_ids = [i["id"] for i in client.get("/items", params={"limit": 500}).json()["items"]]
+    assert [i["id"] for i in page["items"]] == all_ids[2:7]
+    blue = client.get("/items", params={"label": "blue"}).json()
+    assert blue["total"] == 4 and {i["label"] for i in blue["items"]} == {"blue"}
+    assert {x["label"]: x["count"] for x in client.get("/labels").json()["labels"]} == {
+        "blue": 4, "green": 4, "red": 4}
+
+
+def test_delete_item_and_label(client):
+    item = enroll(client, photo("cyan", 3), "teal").json()["items"][0]
+    assert client.delete(f"/items/{item['id']}").json() == {"deleted": [item["id"]]}
+    assert client.get(f"/items/{item['id']}").status_code == 404
+    assert client.delete(f"/items/{item['id']}").status_code == 404
+    hits = client.post("/search", files=upload(photo("cyan", 3)), params={"k": 100}).json()
+    assert item["id"] not in [h["id"] for h in hits["results"]]
+    deleted = client.delete("/labels/green").json()["deleted"]
+    assert len(deleted) == 4
+    assert "green" not in {x["label"] for x in client.get("/labels").json()["labels"]}
+    assert client.delete("/labels/green").status_code == 404
+    assert client.get("/readyz").json()["gallery_items"] == 8
+
+
+def test_api_key_guards_enrol_and_delete(tiny_checkpoint, gallery_dir, tmp_path):
+    with running(tiny_checkpoint, tmp_path / "d", gallery_dir, api_key="s3cret") as c:
+        assert enroll(c, photo(), "x").status_code == 401
+        assert enroll(c, photo(), "x", headers={"X-API-Key": "wrong"}).status_code == 401
+        r = enroll(c, photo(), "x", headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 201
+        item_id = r.json()["items"][0]["id"]
+        assert c.delete(f"/items/{item_id}").status_code == 401
+        assert c.delete("/labels/x").status_code == 401
+        assert c.post("/search", files=upload(photo())).status_code == 200  # open
+        assert c.delete(f"/items/{item_id}", headers={"X-API-Key": "s3cret"}).status_code == 200
+    with running(tiny_checkpoint, tmp_path / "e", gallery_dir, api_key="k",
+                 search_requires_key=True) as c:
+        assert c.post("/search", files=upload(photo())).status_code == 401
+        assert c.get("/items").status_code == 401
+        ok = c.post("/search", files=upload(photo()), headers={"X-API-Key": "k"})
+        assert ok.status_code == 200
+
+
+def cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    synth(COLOURS["red"], 1).convert("CMYK").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def sixteen_bit_png() -> bytes:
+    return png_bytes(Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)))
+
+
+def rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    return jpeg_bytes(synth(COLOURS["blue"], 2, 60).crop((0, 0, 60, 30)), exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("data", [
+    cmyk_jpeg(),
+    png_bytes(synth(COLOURS["red"], 1).convert("P")),
+    png_bytes(synth(COLOURS["red"], 1).convert("RGBA")),
+    sixteen_bit_png(),
+    png_bytes(synth(COLOURS["red"], 1).convert("L")),
+    rotated_jpeg(),
+], ids=["cmyk", "palette", "rgba", "16bit", "grey", "exif-rotated"])
+def test_odd_but_valid_images_work(client, data):
+    assert client.post("/search", files=upload(data)).status_code == 200
+    r = enroll(client, data, "odd")
+    assert r.status_code == 201
+
+
+def ico_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "ICO")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data, code, message", [
+    (b"", 400, "empty"),
+    (b"just some text, not a photo", 400, "not an image"),
+    (photo()[:700], 400, "truncated"),
+    (ico_bytes(), 415, "unsupported image format"),
+    (png_bytes(Image.new("L", (2100, 2000))), 413, "too large"),
+], ids=["empty", "text", "truncated", "ico", "bomb"])
+def test_bad_images_get_clear_4xx(tiny_checkpoint, tmp_path, data, code, message):
+    with running(tiny_checkpoint, tmp_path / "f", max_image_pixels=4_000_000) as c:
+        for response in (c.post("/search", files=upload(data)), enroll(c, data, "x"),
+                         c.post("/classify", files=upload(data))):
+            assert response.status_code == code, response.text
+            assert message in response.json()["detail"]
+
+
+def test_upload_over_the_size_limit_is_413(tiny_checkpoint, tmp_path):
+    big = png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3),
+                                                                       dtype=np.uint8)))
+    assert len(big) > 100_000
+    with running(tiny_checkpoint, tmp_path / "g", max_upload_mb=0.05,
+                 max_files_per_enroll=2) as c:
+        r = c.post("/search", files=upload(big))
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        small = [("file", (f"{i}.jpg", photo("red", i), "image/jpeg")) for i in range(3)]
+        r = c.post("/enroll", files=small, data={"label": "x"})
+        assert r.status_code == 413 and "at most 2 files" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("request_kwargs, message", [
+    ({"data": {"label": "x"}}, "file"),
+    ({"files": upload(b"x")}, "label"),
+    ({"files": upload(b"x"), "data": {"label": "   "}}, "empty"),
+    ({"files": upload(b"x"), "data": {"label": "a" * 101}}, "longer than 100"),
+    ({"files": upload(b"x"), "data": {"label": "bad\x00label"}}, "control"),
+    ({"files": upload(b"x"), "data": {"label": "!!!"}}, "letter or digit"),
+    ({"files": upload(b"x"), "data": {"label": "unknown"}}, "reserved"),
+], ids=["no-file", "no-label", "blank", "long", "control", "punctuation", "reserved"])
+def test_bad_enrol_requests_get_422_with_a_message(client, request_kwargs, message):
+    response = client.post("/enroll", **request_kwargs)
+    assert response.status_code == 422
+    assert message in str(response.json()["detail"])
+
+
+@pytest.mark.parametrize("k", ["0", "101", "five", "-1"])
+def test_bad_k_is_422(client, k):
+    response = client.post("/search", files=upload(photo()), params={"k": k})
+    assert response.status_code == 422 and "k" in str(response.json()["detail"])
+
+
+def test_unknown_ids_are_404_with_a_message(client):
+    for response in (client.get("/items/99999"), client.get("/items/99999/image"),
+                     client.delete("/items/99999")):
+        assert response.status_code == 404 and "99999" in response.json()["detail"]
+    assert client.get("/items/not-a-number").status_code == 422
+
+
+def test_not_ready_is_503_with_the_reason(tmp_path):
+    with running(tmp_path / "missing.pt", tmp_path / "h") as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "does not exist" in ready.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+        r = c.post("/search", files=upload(photo()))
+        assert r.status_code == 503 and "not ready" in r.json()["detail"]
+
+
+def test_restart_keeps_enrolled_items_and_embeds_nothing_again(tiny_checkpoint, gallery_dir,
+                                                               tmp_path):
+    data_dir = tmp_path / "persist"
+    with running(tiny_checkpoint, data_dir, gallery_dir) as c:
+        item = enroll(c, photo("cyan", 5), "cyan").json()["items"][0]
+        first_stats = c.app.state.service.startup_stats
+    assert first_stats["added"] == 12
+    with running(tiny_checkpoint, data_dir, gallery_dir) as c:
+        assert c.app.state.service.startup_stats == {"scanned": 12, "added": 0, "removed": 0,
+                                                     "embedded": 0}
+        assert c.get(f"/items/{item['id']}").json()["label"] == "cyan"
+        top = c.post("/search", files=upload(photo("cyan", 5))).json()["results"][0]
+        assert top["id"] == item["id"]
+        assert c.get("/readyz").json()["gallery_items"] == 13
+
+
+def test_checkpoint_change_recomputes_embeddings_never_mixing(gallery_dir, tmp_path):
+    first = make_tiny_checkpoint(tmp_path / "a.pt", seed=1)
+    second = make_tiny_checkpoint(tmp_path / "b.pt", seed=2)
+    data_dir = tmp_path / "ckchange"
+    with running(first, data_dir, gallery_dir) as c:
+        item = enroll(c, photo("cyan", 6), "cyan").json()["items"][0]
+    with running(second, data_dir, gallery_dir) as c:
+        stats = c.app.state.service.startup_stats
+        assert stats["embedded"] == 13 and stats["added"] == 0
+        top = c.post("/search", files=upload(photo("cyan", 6))).json()["results"][0]
+        assert top["id"] == item["id"] and top["score"] == pytest.approx(1.0, abs=1e-3)
+        fingerprint = c.app.state.service.gallery.fingerprint
+    with sqlite3.connect(data_dir / "gallery.sqlite3") as db:
+        rows = db.execute("SELECT fingerprint, count(*) FROM embeddings GROUP BY 1").fetchall()
+    assert rows == [(fingerprint, 13)]
+
+
+def test_gallery_folder_changes_are_picked_up(tiny_checkpoint, tmp_path):
+    folder = make_image_folder(tmp_path / "g", {"red": COLOURS["red"]}, per_class=3)
+    with running(tiny_checkpoint, tmp_path / "data", folder) as c:
+        ids = [i["id"] for i in c.get("/items").json()["items"]]
+        c.delete(f"/items/{ids[0]}")  # deleted through the API: stays deleted
+    (folder / "red" / "001.jpg").unlink()  # removed from the folder
+    make_image_folder(folder, {"blue": COLOURS["blue"]}, per_class=2)
+    with running(tiny_checkpoint, tmp_path / "data", folder) as c:
+        labels = {x["label"]: x["count"] for x in c.get("/labels").json()["labels"]}
+        assert labels == {"red": 1, "blue": 2}
+
+
+def test_concurrent_searches_and_enrolments(client):
+    def search(i):
+        return client.post("/search", files=upload(photo("red", 1000 + i))).status_code
+
+    def add(i):
+        return enroll(client, photo("green", 2000 + i), f"label-{i % 3}").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        searches = [pool.submit(search, i) for i in range(24)]
+        adds = [pool.submit(add, i) for i in range(12)]
+        assert [f.result() for f in searches] == [200] * 24
+        assert [f.result() for f in adds] == [201] * 12
+    assert client.get("/readyz").json()["gallery_items"] == 24
+
+
+def test_metrics_are_prometheus_text(client):
+    client.post("/search", files=upload(photo()))
+    client.get("/items/424242")
+    text = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/search",status="200"} 1.0' in text
+    assert 'route="/items/{item_id}",status="404"' in text
+    assert "http_request_duration_seconds_bucket" in text
+    assert "gallery_items 12.0" in text
