@@ -6,25 +6,21 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import COLOURS, jpeg_bytes, make_image_folder, synthetic_image
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import (
+    COLOURS,
+    ROOT,
+    free_port,
+    jpeg_bytes,
+    make_image_folder,
+    service,
+    synthetic_image,
+)
 
 
 def dockerfile_runtime() -> tuple[dict[str, str], list[str], list[str]]:
@@ -38,32 +34,6 @@ def dockerfile_runtime() -> tuple[dict[str, str], list[str], list[str]]:
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", final, re.M).group(1))
     health = json.loads(re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", final, re.M).group(1))
     return env, cmd, health
-
-
-@contextmanager
-def service(cmd: list[str], env: dict[str, str], port: int, timeout: float = 240):
-    log = open(Path(env["DATA_DIR"]).parent / f"service-{port}.log", "ab")
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            assert process.poll() is None, f"service exited with {process.returncode}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "service did not become ready"
-            time.sleep(0.25)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
 
 
 def base_env(**values: str) -> dict[str, str]:
