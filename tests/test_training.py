@@ -95,8 +95,16 @@ def test_evaluate_writes_the_documented_json_and_pictures(synthetic_folder, tiny
     evaluate.main(["--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_folder),
                    "--gallery", str(synthetic_folder), "--json", str(out),
                    "--grid", str(tmp_path / "grid.png"), "--plot", str(tmp_path / "map.png"),
-                   "--plot-method", "pca", "--ways", "3", "--episodes", "20", "--workers", "0"])
+                   "--plot-method", "pca", "--ways", "3", "--episodes", "20", "--workers", "0",
+                   "--cache", str(tmp_path / "cache")])
     data = json.loads(out.read_text())
+    # A second run reads every embedding from the cache and gives the same numbers.
+    (cached,) = (tmp_path / "cache").glob("*.npz")
+    again = evaluate.main(["--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_folder),
+                           "--ways", "3", "--episodes", "20", "--workers", "0",
+                           "--cache", str(tmp_path / "cache")])
+    assert again["fewshot"] == data["fewshot"]
+    assert len(np.load(cached)["paths"]) == 48
     assert set(data["retrieval"]) >= {"recall@1", "recall@5", "precision@5", "map@r"}
     assert set(data["fewshot"]) == {"3-way-1-shot", "3-way-5-shot"}
     assert set(data["fewshot"]["3-way-1-shot"]) >= {"accuracy", "ci95"}

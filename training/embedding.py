@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -30,6 +32,35 @@ def embed_folder(
         for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
+
+
+def embed_folder_cached(
+    embedder: Embedder,
+    folder: ImageFolder,
+    cache: Path | None,
+    fingerprint: str,
+    **kwargs,
+) -> np.ndarray:
+    """:func:`embed_folder` with a per-image cache (one ``.npz`` per checkpoint fingerprint),
+    so repeated evaluations over overlapping folders embed each photo once."""
+    if cache is None:
+        return embed_folder(embedder, folder, **kwargs)
+    path = Path(cache) / f"{fingerprint.replace(':', '-')}-{embedder.name}.npz"
+    known: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as stored:
+            known = dict(zip(stored["paths"].tolist(), stored["vectors"], strict=True))
+    missing = [s for s in folder.samples if str(s.path) not in known]
+    if missing:
+        subset = ImageFolder(folder.root, folder.classes, missing)
+        for sample, vector in zip(missing, embed_folder(embedder, subset, **kwargs),
+                                  strict=True):
+            known[str(sample.path)] = vector
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, paths=np.array(list(known)), vectors=np.stack(list(known.values())))
+        tmp.replace(path)
+    return np.stack([known[str(s.path)] for s in folder.samples])
 
 
 def default_workers() -> int:

@@ -1,0 +1,259 @@
+"""Benchmarks (``make bench``): embedding throughput, /search latency and throughput over
+HTTP, start-up time, FAISS flat vs HNSW, and enrolment latency as the gallery grows.
+
+Every target is a ratio between two numbers measured in the same run, because the machines
+are shared and noisy. Writes ``bench/results.json`` and ``bench/results.md``.
+
+    python -m bench.run --gallery ../shared/data/grocery/train --out bench/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from models.inference import TorchEmbedder, make_embedder
+from tests.helpers import free_port, service
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_embedding(checkpoint: str, cache: Path) -> dict:
+    loaded = load_checkpoint(checkpoint)
+    size = loaded.meta.preprocessing.image_size
+    eager = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing)
+    eager.channels_last = False  # plain eager fp32: the reference
+    service_runtime = make_embedder(loaded, "auto", "auto", cache_dir=cache)
+    out: dict = {"service_runtime": service_runtime.name}
+    for batch in (1, 32):
+        x = torch.randn(batch, 3, size, size)
+        repeats = 20 if batch == 1 else 4
+        for name, runtime in (("eager_fp32", eager), ("service", service_runtime)):
+            seconds = timed(lambda r=runtime, x=x: r.embed_batch(x), repeats)
+            out[f"{name}_b{batch}_images_per_s"] = batch / seconds
+    out["speedup_b32"] = out["service_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"]
+    out["bare_single_image_ms"] = 1000 / out["service_b1_images_per_s"]
+    return out
+
+
+def start_service(data_dir: Path, gallery: Path, port: int, checkpoint: str):
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "CHECKPOINT": checkpoint,
+           "DATA_DIR": str(data_dir), "GALLERY_DIR": str(gallery), "LOG_LEVEL": "WARNING"}
+    env.pop("API_KEY", None)
+    return service([sys.executable, "-m", "app"], env, port, timeout=1800)
+
+
+def bench_startup(gallery: Path, checkpoint: str, work: Path) -> dict:
+    data_dir = work / "startup-data"
+    times = {}
+    for name in ("first_start_s", "restart_s"):
+        port = free_port()
+        start = time.perf_counter()
+        with start_service(data_dir, gallery, port, checkpoint):
+            times[name] = time.perf_counter() - start
+            items = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["gallery_items"]
+    times["gallery_items"] = items
+    times["restart_speedup"] = times["first_start_s"] / times["restart_s"]
+    return times
+
+
+def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes]) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with start_service(work / "startup-data", gallery, port, checkpoint):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            def one(i: int) -> float:
+                start = time.perf_counter()
+                r = client.post("/search", files={"file": ("q.jpg", queries[i % len(queries)],
+                                                           "image/jpeg")})
+                r.raise_for_status()
+                return time.perf_counter() - start
+
+            for i in range(5):
+                one(i)
+            latencies = sorted(one(i) for i in range(100))
+        result = {f"p{p}_ms": 1000 * latencies[int(len(latencies) * p / 100) - 1]
+                  for p in (50, 95, 99)}
+
+        async def load(clients: int, total: int) -> float:
+            async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+                counter = iter(range(total))
+
+                async def worker() -> None:
+                    for i in counter:
+                        r = await client.post("/search", files={
+                            "file": ("q.jpg", queries[i % len(queries)], "image/jpeg")})
+                        r.raise_for_status()
+
+                start = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(clients)))
+                return total / (time.perf_counter() - start)
+
+        asyncio.run(load(16, 32))  # warm-up
+        result["throughput_16_clients_per_s"] = asyncio.run(load(16, 320))
+        # Enrolment latency as the gallery grows.
+        with httpx.Client(base_url=url, timeout=60) as client:
+            latencies = []
+            for i in range(200):
+                data = queries[i % len(queries)]
+                start = time.perf_counter()
+                r = client.post("/enroll", data={"label": f"bench-{i}"},
+                                files={"file": (f"{i}.jpg", data, "image/jpeg")})
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - start)
+            result["enroll_first20_ms"] = 1000 * statistics.median(latencies[:20])
+            result["enroll_last20_ms"] = 1000 * statistics.median(latencies[-20:])
+            result["enroll_gallery_growth"] = 200
+    return result
+
+
+def bench_faiss(sizes: list[int], dim: int = 128, queries: int = 200) -> dict:
+    import faiss
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in sizes:
+        base = rng.standard_normal((n, dim), dtype=np.float32)
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
+        q = base[rng.choice(n, queries, replace=False)] + 0.05 * rng.standard_normal(
+            (queries, dim), dtype=np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(base)
+        flat_s = timed(lambda f=flat, q=q: f.search(q, 5), 3) / queries
+        _, truth = flat.search(q, 5)
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 64
+        build = time.perf_counter()
+        hnsw.add(base)
+        build = time.perf_counter() - build
+        hnsw.hnsw.efSearch = 128
+        hnsw_s = timed(lambda h=hnsw, q=q: h.search(q, 5), 3) / queries
+        _, found = hnsw.search(q, 5)
+        recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(truth, found, strict=True)])
+        out[str(n)] = {"flat_ms_per_query": flat_s * 1000, "hnsw_ms_per_query": hnsw_s * 1000,
+                       "hnsw_speedup": flat_s / hnsw_s, "hnsw_recall@5": float(recall),
+                       "hnsw_build_s": build}
+        del base, flat, hnsw
+    return out
+
+
+def markdown(results: dict) -> str:
+    e, s, st = results["embedding"], results["search"], results["startup"]
+    lines = [
+        f"Machine: {results['machine']}; checkpoint {results['checkpoint']}.",
+        "",
+        "| measurement | value | target | met |",
+        "|---|---|---|---|",
+        f"| eager fp32 PyTorch, batch 1 / 32 (img/s) | {e['eager_fp32_b1_images_per_s']:.1f} / "
+        f"{e['eager_fp32_b32_images_per_s']:.1f} | | |",
+        f"| service runtime ({e['service_runtime']}), batch 1 / 32 (img/s) | "
+        f"{e['service_b1_images_per_s']:.1f} / {e['service_b32_images_per_s']:.1f} | | |",
+        f"| service / eager at batch 32 | {e['speedup_b32']:.2f}x | >= 3.5x | "
+        f"{_ok(e['speedup_b32'] >= 3.5)} |",
+        f"| /search p50 / p95 / p99, 1 client (ms) | {s['p50_ms']:.1f} / {s['p95_ms']:.1f} / "
+        f"{s['p99_ms']:.1f} | | |",
+        f"| bare single-image model call (ms) | {e['bare_single_image_ms']:.1f} | | |",
+        f"| /search p50 / bare call | {s['p50_ms'] / e['bare_single_image_ms']:.2f}x | <= 1.5x | "
+        f"{_ok(s['p50_ms'] / e['bare_single_image_ms'] <= 1.5)} |",
+        f"| /search throughput, 16 clients (req/s) | {s['throughput_16_clients_per_s']:.1f} | | |",
+        f"| 16-client throughput / best batch throughput | {results['load_ratio']:.2f} | >= 0.8 | "
+        f"{_ok(results['load_ratio'] >= 0.8)} |",
+        f"| start-up to ready, {st['gallery_items']} photos: first / restart (s) | "
+        f"{st['first_start_s']:.1f} / {st['restart_s']:.1f} | | |",
+        f"| restart speed-up | {st['restart_speedup']:.1f}x | >= 10x | "
+        f"{_ok(st['restart_speedup'] >= 10)} |",
+        f"| enrol latency, first 20 / last 20 of 200 (ms) | {s['enroll_first20_ms']:.1f} / "
+        f"{s['enroll_last20_ms']:.1f} | flat | "
+        f"{_ok(s['enroll_last20_ms'] <= 1.5 * s['enroll_first20_ms'])} |",
+    ]
+    for n, f in results["faiss"].items():
+        lines.append(
+            f"| FAISS {int(n):,} x 128-d: flat / HNSW (ms/query), recall@5 | "
+            f"{f['flat_ms_per_query']:.3f} / {f['hnsw_ms_per_query']:.3f} "
+            f"({f['hnsw_speedup']:.1f}x), {f['hnsw_recall@5']:.3f} | "
+            + ("HNSW >= 20x, recall >= 0.95 | "
+               f"{_ok(f['hnsw_speedup'] >= 20 and f['hnsw_recall@5'] >= 0.95)} |"
+               if int(n) >= 1_000_000 else "| |"))
+    return "\n".join(lines) + "\n"
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gallery", type=Path, required=True, help="<class>/*.jpg folder")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    p.add_argument("--faiss-sizes", default="10000,100000,1000000")
+    p.add_argument("--skip", default="", help="comma-separated: embedding,startup,search,faiss")
+    args = p.parse_args(argv)
+    skip = set(args.skip.split(","))
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    queries = [path.read_bytes() for path in sorted(args.gallery.rglob("*.jpg"))[::50][:40]]
+    results: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"CUDA {'yes' if torch.cuda.is_available() else 'no'}",
+        "checkpoint": str(args.checkpoint),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        if "embedding" not in skip:
+            print("embedding throughput ...", flush=True)
+            results["embedding"] = bench_embedding(args.checkpoint, work)
+        if "startup" not in skip:
+            print("start-up: first start and restart ...", flush=True)
+            results["startup"] = bench_startup(args.gallery, args.checkpoint, work)
+        if "search" not in skip:
+            print("/search latency and throughput, enrolment ...", flush=True)
+            results["search"] = bench_search(args.gallery, args.checkpoint, work, queries)
+        if "embedding" in results and "search" in results:
+            best = max(results["embedding"]["service_b1_images_per_s"],
+                       results["embedding"]["service_b32_images_per_s"])
+            results["load_ratio"] = results["search"]["throughput_16_clients_per_s"] / best
+        if "faiss" not in skip:
+            print("FAISS flat vs HNSW ...", flush=True)
+            results["faiss"] = bench_faiss([int(n) for n in args.faiss_sizes.split(",")])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    if {"embedding", "search", "startup", "faiss"} <= set(results):
+        table = markdown(results)
+        args.out.with_suffix(".md").write_text(table)
+        print(table)
+    else:
+        print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
