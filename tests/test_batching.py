@@ -1,0 +1,114 @@
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from app.services.embedding import EmbeddingService
+from app.services.index import ReadWriteLock
+from models.preprocessing import Preprocessing
+
+
+class RecordingEmbedder:
+    """Returns each input's first pixel as its 'embedding' and records batch sizes."""
+
+    name = "fake"
+    dim = 1
+    preprocessing = Preprocessing(image_size=8)
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+        self.batches.append(len(batch))
+        time.sleep(self.delay)  # a model call takes time: requests pile up meanwhile
+        return batch[:, 0, 0, :1].numpy()
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_results():
+    embedder = RecordingEmbedder()
+
+    async def scenario():
+        service = EmbeddingService(embedder, max_batch=8, wait_ms=20)
+        await service.start()
+        try:
+            tensors = [torch.full((3, 8, 8), float(i)) for i in range(20)]
+            results = await asyncio.gather(*(service.embed(t) for t in tensors))
+        finally:
+            await service.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [float(r[0]) for r in results] == [float(i) for i in range(20)]
+    assert sum(embedder.batches) == 20
+    assert len(embedder.batches) <= 4 and max(embedder.batches) == 8
+
+
+def test_a_lone_request_waits_at_most_the_window():
+    embedder = RecordingEmbedder(delay=0)
+
+    async def scenario():
+        service = EmbeddingService(embedder, max_batch=32, wait_ms=5)
+        await service.start()
+        start = time.perf_counter()
+        await service.embed(torch.zeros(3, 8, 8))
+        elapsed = time.perf_counter() - start
+        await service.stop()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 0.5
+    assert embedder.batches == [1]
+
+
+def test_a_failing_batch_fails_its_requests_not_the_worker():
+    class Flaky(RecordingEmbedder):
+        def embed_batch(self, batch):
+            if not self.batches:
+                self.batches.append(len(batch))
+                raise RuntimeError("boom")
+            return super().embed_batch(batch)
+
+    async def scenario():
+        service = EmbeddingService(Flaky(delay=0), max_batch=4, wait_ms=1)
+        await service.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await service.embed(torch.zeros(3, 8, 8))
+        ok = await service.embed(torch.ones(3, 8, 8))
+        await service.stop()
+        return ok
+
+    assert float(asyncio.run(scenario())[0]) == 1.0
+
+
+def test_read_write_lock_lets_readers_share_and_writers_exclude():
+    lock = ReadWriteLock()
+    inside, peak, log = 0, 0, []
+    guard = threading.Lock()
+
+    def reader():
+        nonlocal inside, peak
+        with lock.read():
+            with guard:
+                inside += 1
+                peak = max(peak, inside)
+            time.sleep(0.05)
+            with guard:
+                inside -= 1
+
+    def writer():
+        with lock.write():
+            log.append(("writer", inside))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.01)
+    w = threading.Thread(target=writer)
+    w.start()
+    for t in [*threads, w]:
+        t.join()
+    assert peak >= 2  # readers overlapped
+    assert log == [("writer", 0)]  # the writer ran alone
