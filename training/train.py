@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the data")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of train images held out when the data has no val split")
+    p.add_argument("--val-gallery-per-class", type=int, default=8,
+                   help="training photos per class searched by the val queries")
     p.add_argument("--half", action="store_true", help="store the checkpoint weights as fp16")
     p.add_argument("--resume", action="store_true", help="continue from <out>.last")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone init (tests)")
@@ -192,14 +194,31 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def validate(encoder: Encoder, val: ImageFolder | None, pre: Preprocessing,
-             device: torch.device, workers: int) -> dict[str, float]:
+def gallery_sample(folder: ImageFolder, per_class: int) -> ImageFolder:
+    """The first ``per_class`` images of each class: a small validation gallery."""
+    taken: dict[int, int] = {}
+    samples = []
+    for sample in folder.samples:
+        if taken.get(sample.label, 0) < per_class:
+            taken[sample.label] = taken.get(sample.label, 0) + 1
+            samples.append(sample)
+    return ImageFolder(folder.root, folder.classes, samples)
+
+
+def validate(encoder: Encoder, val: ImageFolder | None, gallery: ImageFolder | None,
+             pre: Preprocessing, device: torch.device, workers: int) -> dict[str, float]:
+    """Validation queries retrieved against a gallery of training photos (the service's
+    situation), or leave-one-out within the validation set when there is no gallery."""
     if val is None or len(val) < 2:
         return {}
     embedder = TorchEmbedder(encoder, pre, device)
     embeddings = embed_folder(embedder, val, workers=workers, desc="validating")
     try:
-        return retrieval_metrics(embeddings, np.asarray(val.labels))
+        if gallery is None:
+            return retrieval_metrics(embeddings, np.asarray(val.labels))
+        g = embed_folder(embedder, gallery, workers=workers, desc="validation gallery")
+        return retrieval_metrics(embeddings, np.asarray(val.labels), g,
+                                 np.asarray(gallery.labels))
     except ValueError:
         return {}
 
@@ -213,6 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     pre = Preprocessing(image_size=args.image_size)
     train, val = load_splits(args)
+    # A split layout's val photos come from other sessions than train: search them against
+    # train photos. A carved-out val shares sessions with train, so it stays leave-one-out.
+    val_gallery = (gallery_sample(train, args.val_gallery_per_class)
+                   if val is not None and split_dir(args.data, "val") is not None else None)
     log.info("train: %d images in %d classes; val: %d images; device %s",
              len(train), len(train.classes), len(val) if val else 0, device)
 
@@ -318,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", active=f"{active:.2f}")
         epoch_stats = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
         epoch_stats.update(epoch=epoch + 1, seconds=round(time.time() - started, 1))
-        val_metrics = validate(encoder, val, pre, device, args.workers)
+        val_metrics = validate(encoder, val, val_gallery, pre, device, args.workers)
         epoch_stats.update({f"val_{k}": v for k, v in val_metrics.items()})
         history.append(epoch_stats)
         log.info("epoch %d: loss %.4f, active triplets %.2f, val recall@1 %s", epoch + 1,
