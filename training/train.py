@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "epoch": epoch + 1, "best": best, "history": history,
                            "rng": torch.get_rng_state()}, last_path)
     log.info("done in %.0f s; best checkpoint %s", time.time() - started, args.out)
-    return {"history": history, "best": best}
+    return {"history": history, "best": best, "encoder": encoder}
 
 
 def _jsonable(values: dict) -> dict:
