@@ -128,3 +128,32 @@ def test_trained_encoder_separates_synthetic_classes(synthetic_folder, tmp_path)
     assert result["retrieval"]["recall@1"] > 0.9
     assert result["fewshot"]["4-way-1-shot"]["accuracy"] > 0.8
     torch.manual_seed(0)
+
+
+def test_interpolation_endpoints_and_midpoint():
+    from models.encoder import EncoderConfig, build_encoder
+    from training.interpolate import interpolate
+
+    torch.manual_seed(0)
+    a = build_encoder(EncoderConfig(TINY_BACKBONE, 8), pretrained=False)
+    b = build_encoder(EncoderConfig(TINY_BACKBONE, 8), pretrained=False)
+    wa, wb = a.head.weight.detach().clone(), b.head.weight.detach().clone()
+    mid = interpolate(copy_of(a), b, 0.5)
+    assert torch.allclose(mid.head.weight, (wa + wb) / 2)
+    assert torch.allclose(interpolate(copy_of(a), b, 1.0).head.weight, wa)
+    assert torch.allclose(interpolate(copy_of(a), b, 0.0).head.weight, wb)
+
+
+def copy_of(module):
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def test_interpolate_cli_needs_a_recorded_starting_point(tiny_checkpoint, tmp_path):
+    from models.checkpoint import CheckpointError
+    from training import interpolate
+
+    with pytest.raises(CheckpointError, match="starting point"):
+        interpolate.main(["--checkpoint", str(tiny_checkpoint), "--alpha", "0.5",
+                          "--out", str(tmp_path / "x.pt")])

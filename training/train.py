@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     last_path = args.out.with_name(args.out.name + ".last")
     if args.head_init == "pca" and not args.resume:
         init_head_pca(encoder, train, pre, device, args.workers)
+    # Kept in the checkpoint so the fine-tuned weights can be interpolated back toward the
+    # starting point (python -m training.interpolate).
+    initial_head = {k: v.detach().cpu().clone() for k, v in encoder.head.state_dict().items()}
     # The teacher is the encoder as it starts (ImageNet backbone + PCA head), frozen.
     teacher = None
     if args.distill_weight > 0:
@@ -287,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        initial_head = state["initial_head"]
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
 
@@ -355,12 +359,15 @@ def main(argv: list[str] | None = None) -> dict:
                 class_names=train.classes, train_args=_jsonable(vars(args)),
                 metrics={"best_epoch": epoch + 1, "val": val_metrics, "history": history,
                          "train_images": len(train)},
+                extra={"initial_head": initial_head,
+                       "pretrained_backbone": not args.no_pretrained},
             )
             save_checkpoint(args.out, encoder, meta, half=args.half)
             log.info("saved best checkpoint to %s", args.out)
         atomic_torch_save({"model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
                            "epoch": epoch + 1, "best": best, "history": history,
-                           "rng": torch.get_rng_state()}, last_path)
+                           "rng": torch.get_rng_state(), "initial_head": initial_head},
+                          last_path)
     log.info("done in %.0f s; best checkpoint %s", time.time() - started, args.out)
     return {"history": history, "best": best, "encoder": encoder}
 

@@ -1,0 +1,74 @@
+"""Weight-space interpolation toward the starting point (WiSE-FT, Wortsman et al. 2022).
+
+    python -m training.interpolate --checkpoint runs/encoder.pt --alpha 0.6 --out enc-wise.pt
+
+Writes theta = theta_0 + alpha * (theta_fine_tuned - theta_0), where theta_0 is the
+pretrained backbone with the PCA-initialised head the run started from (stored in the
+checkpoint). alpha = 1 is the fine-tuned encoder, alpha = 0 the ImageNet features. In
+between, the encoder keeps most of what triplet training gained on the training domain and
+much of ImageNet's generality elsewhere, at no inference cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.encoder import Encoder, build_encoder
+
+
+def starting_point(fine_tuned: Encoder, initial_head: dict[str, torch.Tensor],
+                   backbone: str) -> Encoder:
+    from models.encoder import EncoderConfig
+
+    start = build_encoder(EncoderConfig(backbone, fine_tuned.embedding_dim), pretrained=True)
+    start.head.load_state_dict({k: v.float() for k, v in initial_head.items()})
+    return start
+
+
+def interpolate(fine_tuned: Encoder, start: Encoder, alpha: float) -> Encoder:
+    """In place on ``fine_tuned``: floating tensors (weights, BatchNorm statistics) are
+    interpolated; integer buffers (batch counters) are kept."""
+    start_state = start.state_dict()
+    mixed = {}
+    for key, value in fine_tuned.state_dict().items():
+        if value.is_floating_point():
+            base = start_state[key].to(value)
+            mixed[key] = base + alpha * (value - base)
+        else:
+            mixed[key] = value
+    fine_tuned.load_state_dict(mixed)
+    return fine_tuned
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m training.interpolate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--alpha", type=float, required=True, help="0 = start, 1 = fine-tuned")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--half", action="store_true", help="store weights as fp16")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise SystemExit("--alpha must be between 0 and 1")
+    loaded = load_checkpoint(args.checkpoint)
+    initial_head = loaded.meta.extra.get("initial_head")
+    if initial_head is None or not loaded.meta.extra.get("pretrained_backbone", True):
+        raise CheckpointError(f"{args.checkpoint} does not record its starting point "
+                              "(initial_head); it can't be interpolated")
+    start = starting_point(loaded.encoder, initial_head, loaded.meta.encoder.backbone)
+    encoder = interpolate(loaded.encoder, start, args.alpha)
+    meta = loaded.meta
+    meta.extra = {**meta.extra, "wise_alpha": args.alpha, "fine_tuned_from": str(args.checkpoint)}
+    meta.versions = {}
+    meta.created_at = ""
+    save_checkpoint(args.out, encoder, meta, half=args.half)
+    print(f"wrote {args.out} (alpha {args.alpha})")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
