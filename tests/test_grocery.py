@@ -37,11 +37,15 @@ def test_search_then_one_shot_enrolment_with_real_photos(grocery, tmp_path):
                               timeout=60)
         assert enrolled.status_code == 201
         new_id = enrolled.json()["items"][0]["id"]
-        # Another photo of the new class, from the test split (a different session).
-        other = sorted((grocery / "test" / NEW_CLASS).glob("*.jpg"))[3].read_bytes()
-        top = httpx.post(f"{url}/search", files={"file": ("o.jpg", other, "image/jpeg")},
-                         timeout=60).json()["results"][0]
-        assert top["id"] == new_id and top["label"] == NEW_CLASS
-        guess = httpx.post(f"{url}/classify", files={"file": ("o.jpg", other, "image/jpeg")},
-                           timeout=60).json()
-        assert guess["label"] == NEW_CLASS
+        # Other photos of the new class, from the test split (taken in another session):
+        # the one enrolled photo should come first for most of them (9 of 10 measured with
+        # the default checkpoint; 9 of 10 with plain ImageNet features).
+        others = sorted((grocery / "test" / NEW_CLASS).glob("*.jpg"))[:10]
+        first, classified = 0, 0
+        for path in others:
+            files = {"file": ("o.jpg", path.read_bytes(), "image/jpeg")}
+            top = httpx.post(f"{url}/search", files=files, timeout=60).json()["results"][0]
+            first += top["id"] == new_id
+            guess = httpx.post(f"{url}/classify", files=files, timeout=60).json()
+            classified += guess["label"] == NEW_CLASS
+        assert first >= 7 and classified >= 7, (first, classified)
