@@ -48,7 +48,7 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m training.evaluate --checkpoint $(CHECKPOINT) --data $(GROCERY)/test \
-		--gallery $(GROCERY)/train --json runs/eval.json --grid docs/grid.png --plot docs/embeddings.png
+		--gallery $(GROCERY)/train --json runs/eval.json --grid docs/grid.jpg --plot docs/embeddings.png
 
 export: $(STAMP)
 	$(PY) -m training.export --checkpoint $(CHECKPOINT) --onnx runs/encoder.onnx
