@@ -20,7 +20,7 @@ import numpy as np
 
 from models.checkpoint import load_checkpoint
 from models.inference import make_embedder
-from training.data import scan_image_folder
+from training.data import class_list, scan_image_folder
 from training.embedding import embed_folder_cached
 
 
@@ -51,12 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--gallery", type=Path, required=True)
     p.add_argument("--queries", type=Path, required=True)
-    p.add_argument("--unknown-classes", required=True, help="comma-separated")
+    p.add_argument("--unknown-classes", type=class_list, required=True,
+                   help="comma-separated")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--cache", type=Path)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    unknown = [c.strip() for c in args.unknown_classes.split(",") if c.strip()]
+    unknown = args.unknown_classes
     loaded = load_checkpoint(args.checkpoint)
     embedder = make_embedder(loaded, args.runtime, "cpu", cache_dir=args.cache)
 

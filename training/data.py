@@ -48,6 +48,11 @@ class ImageFolder:
         return counts
 
 
+def class_list(text: str) -> list[str]:
+    """Parse a comma-separated class list (``--classes apple,banana``)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def has_splits(root: str | Path) -> bool:
     return (Path(root) / "train").is_dir()
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from models.checkpoint import DEFAULT_CHECKPOINT, IMAGENET, load_checkpoint
 from models.inference import make_embedder, resolve_device
-from training.data import ImageFolder, scan_image_folder
+from training.data import ImageFolder, class_list, scan_image_folder
 from training.embedding import default_workers, embed_folder_cached
 from training.metrics import fewshot_accuracy, retrieval_metrics
 from training.plots import embedding_map, retrieval_grid
@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one or more <dir>/<class>/* trees (merged by class name)")
     p.add_argument("--gallery", type=Path, nargs="+",
                    help="retrieve --data queries against this gallery instead of leave-one-out")
-    p.add_argument("--classes", help="comma-separated subset of classes")
-    p.add_argument("--exclude-classes", help="comma-separated classes to leave out")
+    p.add_argument("--classes", type=class_list, help="comma-separated subset of classes")
+    p.add_argument("--exclude-classes", type=class_list,
+                   help="comma-separated classes to leave out")
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", default="1,5", help="comma-separated K values for K-shot")
     p.add_argument("--queries", type=int, default=10, help="queries per class per episode")
@@ -60,10 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [n.strip() for n in text.split(",") if n.strip()] if text else None
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
@@ -74,7 +71,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         return embed_folder_cached(embedder, folder, args.cache, loaded.fingerprint,
                                    batch_size=args.batch_size, workers=args.workers, desc=desc)
 
-    include, exclude = _names(args.classes), _names(args.exclude_classes)
+    include, exclude = args.classes, args.exclude_classes
     data = scan_image_folder(args.data, include=include, exclude=exclude)
     emb = embed(data, "embedding data")
     labels = np.asarray(data.labels)

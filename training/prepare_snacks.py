@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models.preprocessing import to_rgb
+from training.data import class_list
 
 log = logging.getLogger("training.prepare_snacks")
 SNACKS = "Matthijs/snacks"
@@ -64,11 +65,10 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p = argparse.ArgumentParser(prog="python -m training.prepare_snacks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--classes", help="comma-separated subset, e.g. apple,banana")
+    p.add_argument("--classes", type=class_list, help="comma-separated subset, e.g. apple,banana")
     p.add_argument("--source", default=SNACKS, help="hub dataset id or local folder")
     args = p.parse_args(argv)
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    return prepare(args.source, args.out, classes)
+    return prepare(args.source, args.out, args.classes)
 
 
 if __name__ == "__main__":

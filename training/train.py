@@ -27,7 +27,14 @@ from models.checkpoint import CheckpointMeta, atomic_torch_save, save_checkpoint
 from models.encoder import Encoder, EncoderConfig, build_encoder
 from models.inference import TorchEmbedder, resolve_device
 from models.preprocessing import Preprocessing, eval_transform, train_transform
-from training.data import ImageDataset, ImageFolder, Sample, scan_image_folder, split_dir
+from training.data import (
+    ImageDataset,
+    ImageFolder,
+    Sample,
+    class_list,
+    scan_image_folder,
+    split_dir,
+)
 from training.embedding import default_workers, embed_folder
 from training.losses import mined_triplet_loss, similarity_distillation_loss
 from training.metrics import retrieval_metrics
@@ -44,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="<root>/<class>/* or <root>/{train,val,test}/<class>/*")
     p.add_argument("--out", type=Path, default=Path("runs/encoder.pt"),
                    help="best checkpoint path; <out>.last holds the state for --resume")
-    p.add_argument("--classes", type=_names, help="comma-separated subset of classes")
-    p.add_argument("--exclude-classes", type=_names, default=[],
+    p.add_argument("--classes", type=class_list, help="comma-separated subset of classes")
+    p.add_argument("--exclude-classes", type=class_list, default=[],
                    help="comma-separated classes to hold out")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--embedding-dim", type=int, default=128)
@@ -82,10 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <out>.last")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone init (tests)")
     return p.parse_args(argv)
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def load_splits(args: argparse.Namespace) -> tuple[ImageFolder, ImageFolder | None]:
