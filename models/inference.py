@@ -11,7 +11,7 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -43,11 +43,6 @@ def embed_images(embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarra
         return np.zeros((0, embedder.dim), dtype=np.float32)
     transform = eval_transform(embedder.preprocessing)
     return embedder.embed_batch(torch.stack([transform(image) for image in images]))
-
-
-def embed_batches(embedder: Embedder, batches: Iterable[torch.Tensor]) -> np.ndarray:
-    parts = [embedder.embed_batch(batch) for batch in batches]
-    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -170,7 +165,6 @@ __all__ = [
     "Embedder",
     "OnnxEmbedder",
     "TorchEmbedder",
-    "embed_batches",
     "embed_images",
     "export_onnx",
     "make_embedder",

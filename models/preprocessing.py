@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 
@@ -170,12 +169,6 @@ def train_transform(pre: Preprocessing, strength: float = 1.0) -> transforms.Com
             transforms.Normalize(pre.mean, pre.std),
         ]
     )
-
-
-def images_to_batch(images: list[Image.Image], pre: Preprocessing) -> torch.Tensor:
-    """Stack RGB images into one normalised (N, 3, H, W) float tensor."""
-    transform = eval_transform(pre)
-    return torch.stack([transform(image) for image in images])
 
 
 def is_image_file(path: str | Path) -> bool:
