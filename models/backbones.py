@@ -170,3 +170,34 @@ def backbone_stages(model: nn.Module) -> list[nn.Module]:
         return [stem, *model.blocks, head]
     return [child for child in model.children() if any(True for _ in child.parameters())]
 
+
+
+def with_static_padding(model: nn.Module, input_size: tuple[int, int]) -> nn.Module:
+    """Replace timm's run-time TF 'same' padding (``Conv2dSame``) by constant padding for a
+    fixed ``input_size``, in place: the same numbers, but an ONNX graph whose padding folds
+    into the convolutions instead of being computed from the input shape on every call."""
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
+        for name, module in model.named_modules() if isinstance(module, Conv2dSame)
+    ]
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, size in sizes.items():
+        same = model.get_submodule(name)
+        conv = nn.Conv2d(same.in_channels, same.out_channels, same.kernel_size, same.stride, 0,
+                         same.dilation, same.groups, same.bias is not None)
+        conv.weight, conv.bias = same.weight, same.bias
+        pad = pad_same_arg(list(size), list(same.weight.shape[-2:]), same.stride, same.dilation)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Sequential(nn.ZeroPad2d(pad), conv))
+    return model

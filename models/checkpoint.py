@@ -6,7 +6,6 @@ with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import tempfile
@@ -20,11 +19,10 @@ import torch
 from models.backbones import DEFAULT_BACKBONE
 from models.encoder import Encoder, EncoderConfig, build_encoder
 from models.preprocessing import Preprocessing
+from models.runtime import IMAGENET, file_fingerprint
 
 FORMAT = "fewshot-siamese-encoder"
 FORMAT_VERSION = 1
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.pt"
-IMAGENET = "imagenet"  # pseudo-checkpoint: the backbone's ImageNet features, untrained
 
 
 class CheckpointError(RuntimeError):
@@ -176,11 +174,3 @@ def imagenet_encoder(
     encoder = build_encoder(config, pretrained=True).to(device).eval()
     meta = CheckpointMeta(encoder=config, preprocessing=Preprocessing())
     return LoadedEncoder(encoder, meta, f"{IMAGENET}:{config.backbone}", IMAGENET)
-
-
-def file_fingerprint(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]

@@ -1,8 +1,9 @@
-"""Embedding runtimes: eager PyTorch and ONNX Runtime behind one small interface.
+"""The PyTorch side of the embedding runtimes: eager PyTorch, and the ONNX export.
 
-On CUDA, PyTorch with bf16 autocast and channels_last is fastest; on CPU, ONNX Runtime runs
-EfficientNet-Lite about 3-4x faster than eager PyTorch fp32 (see bench/). ``make_embedder``
-picks the runtime; ``export_onnx`` writes the ONNX graph (cached per checkpoint fingerprint).
+On CUDA, PyTorch with bf16 autocast and channels_last is fastest; on CPU, ONNX Runtime
+(:mod:`models.runtime`) runs EfficientNet-Lite several times faster than eager PyTorch fp32
+(see bench/). ``make_embedder`` picks the runtime; ``export_onnx`` writes the ONNX graph,
+cached per checkpoint fingerprint.
 """
 
 from __future__ import annotations
@@ -11,38 +12,27 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any
 
 import numpy as np
+import onnx
 import torch
-from PIL import Image
 
+from models.backbones import with_static_padding
 from models.checkpoint import LoadedEncoder
 from models.encoder import Encoder
-from models.preprocessing import Preprocessing, eval_transform
+from models.preprocessing import Preprocessing
+from models.runtime import (
+    Embedder,
+    OnnxEmbedder,
+    Runtime,
+    onnx_export_path,
+    onnx_metadata,
+    open_cached_onnx,
+)
 
 log = logging.getLogger(__name__)
-Runtime = Literal["auto", "torch", "onnx"]
-
-
-class Embedder(Protocol):
-    name: str
-    dim: int
-    preprocessing: Preprocessing
-
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """(N, 3, H, W) normalised float tensor -> (N, dim) float32 unit vectors."""
-        ...
-
-
-def embed_images(embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarray:
-    """Preprocess RGB images with the checkpoint's transform and embed them as one batch."""
-    if not images:
-        return np.zeros((0, embedder.dim), dtype=np.float32)
-    transform = eval_transform(embedder.preprocessing)
-    return embedder.embed_batch(torch.stack([transform(image) for image in images]))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -76,8 +66,8 @@ class TorchEmbedder:
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        batch = batch.to(self.device, non_blocking=True)
+    def embed_batch(self, batch: Any) -> np.ndarray:
+        batch = torch.as_tensor(batch).to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -85,37 +75,16 @@ class TorchEmbedder:
         return out.float().cpu().numpy().astype(np.float32, copy=False)
 
 
-class OnnxEmbedder:
-    """ONNX Runtime on CPU: the fast path where there is no GPU."""
-
-    name = "onnx"
-
-    def __init__(self, onnx_path: str | os.PathLike, preprocessing: Preprocessing, dim: int,
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
-        self.input_name = self.session.get_inputs()[0].name
-        self.preprocessing = preprocessing
-        self.dim = dim
-
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input_name: batch.numpy().astype(np.float32)})
-        return out.astype(np.float32, copy=False)
-
-
 def export_onnx(loaded: LoadedEncoder, out: str | os.PathLike, opset: int = 17) -> Path:
-    """Export the encoder (normalised embeddings, dynamic batch) to ONNX, atomically."""
+    """Export the encoder (normalised embeddings, dynamic batch) to ONNX, atomically, with
+    the checkpoint's fingerprint and preprocessing in the file's metadata."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    encoder = copy.deepcopy(loaded.encoder).to("cpu").float().eval()
     size = loaded.meta.preprocessing.image_size
+    encoder = copy.deepcopy(loaded.encoder).to("cpu").float().eval()
+    # The input size is fixed, so TF-style 'same' padding becomes constants that ONNX
+    # Runtime folds into the convolutions (computed at run time it costs ~1.5x, measured).
+    encoder = with_static_padding(encoder, (size, size))
     example = torch.zeros(2, 3, size, size)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -123,6 +92,8 @@ def export_onnx(loaded: LoadedEncoder, out: str | os.PathLike, opset: int = 17) 
             # The TorchScript exporter is deprecated but exports this CNN exactly with no
             # extra packages; move to the torch.export-based one when it is removed.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # The constant pads are folded by ONNX Runtime when it loads the graph.
+            warnings.filterwarnings("ignore", "Constant folding - Only steps=1")
             torch.onnx.export(
                 encoder,
                 (example,),
@@ -133,6 +104,11 @@ def export_onnx(loaded: LoadedEncoder, out: str | os.PathLike, opset: int = 17) 
                 opset_version=opset,
                 dynamo=False,
             )
+        graph = onnx.load(str(tmp))
+        metadata = onnx_metadata(loaded.fingerprint, loaded.meta.preprocessing,
+                                 loaded.encoder.embedding_dim)
+        onnx.helper.set_model_props(graph, metadata)
+        onnx.save(graph, str(tmp))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -153,20 +129,13 @@ def make_embedder(
     if torch_device.type == "cuda":
         log.warning("runtime=onnx runs on the CPU here even though CUDA is available")
     cache = Path(cache_dir) if cache_dir else Path(loaded.path).parent
-    onnx_path = cache / f"encoder-{loaded.fingerprint.replace(':', '-')}.onnx"
-    if not onnx_path.exists():
-        log.info("exporting the encoder to ONNX at %s (once per checkpoint)", onnx_path)
-        export_onnx(loaded, onnx_path)
-    return OnnxEmbedder(onnx_path, loaded.meta.preprocessing, loaded.encoder.embedding_dim,
-                        threads)
+    onnx_path = onnx_export_path(cache, loaded.fingerprint)
+    cached = open_cached_onnx(onnx_path, loaded.fingerprint, threads)
+    if cached is not None:
+        return cached
+    log.info("exporting the encoder to ONNX at %s (once per checkpoint)", onnx_path)
+    export_onnx(loaded, onnx_path)
+    return OnnxEmbedder(onnx_path, threads)
 
 
-__all__ = [
-    "Embedder",
-    "OnnxEmbedder",
-    "TorchEmbedder",
-    "embed_images",
-    "export_onnx",
-    "make_embedder",
-    "resolve_device",
-]
+__all__ = ["TorchEmbedder", "export_onnx", "make_embedder", "resolve_device"]

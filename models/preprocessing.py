@@ -7,15 +7,21 @@ orientation, RGB conversion) and then through the transforms built from a checkp
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from torchvision import transforms
+
+if TYPE_CHECKING:  # torch stays out of the serving path: ONNX Runtime needs only numpy
+    import torch
+    from torchvision import transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,20 +147,44 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def eval_transform(pre: Preprocessing) -> transforms.Compose:
-    """Deterministic resize + centre crop + normalise (evaluation and serving)."""
-    return transforms.Compose(
-        [
-            transforms.Resize(pre.resize_size, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(pre.image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(pre.mean, pre.std),
-        ]
-    )
+def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """Deterministic input of evaluation and serving: (3, size, size) float32, normalised.
+
+    Shorter side resized to ``pre.resize_size`` (bicubic, antialiased), centre crop, scale to
+    0..1, ImageNet mean/std: torchvision's Resize + CenterCrop + ToTensor + Normalize, written
+    with Pillow and numpy so that the service does not need torch to serve on CPU.
+    """
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = pre.resize_size, int(pre.resize_size * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    crop = pre.image_size
+    left = int(round((image.width - crop) / 2.0))
+    top = int(round((image.height - crop) / 2.0))
+    image = image.crop((left, top, left + crop, top + crop))
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+    """:func:`preprocess` as a tensor transform, for PyTorch data loaders (picklable)."""
+    return functools.partial(_preprocess_tensor, pre=pre)
+
+
+def _preprocess_tensor(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(preprocess(image, pre))
 
 
 def train_transform(pre: Preprocessing, strength: float = 1.0) -> transforms.Compose:
     """Random crops, flips and colour jitter for triplet training; ``strength`` 0 disables them."""
+    from torchvision import transforms
+
     jitter = 0.3 * strength
     return transforms.Compose(
         [

@@ -11,7 +11,8 @@ from models.backbones import (
     load_in_order,
 )
 from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from models.inference import TorchEmbedder, embed_images
+from models.inference import TorchEmbedder
+from models.runtime import embed_images
 from tests.helpers import synthetic_image
 
 

@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from app.services.embedding import EmbeddingService
 from app.services.index import ReadWriteLock
@@ -22,10 +21,10 @@ class RecordingEmbedder:
         self.batches: list[int] = []
         self.delay = delay
 
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         self.batches.append(len(batch))
         time.sleep(self.delay)  # a model call takes time: requests pile up meanwhile
-        return batch[:, 0, 0, :1].numpy()
+        return batch[:, 0, 0, :1]
 
 
 def test_concurrent_requests_share_model_calls_and_get_their_own_results():
@@ -35,8 +34,8 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_results():
         service = EmbeddingService(embedder, max_batch=8, wait_ms=20)
         await service.start()
         try:
-            tensors = [torch.full((3, 8, 8), float(i)) for i in range(20)]
-            results = await asyncio.gather(*(service.embed(t) for t in tensors))
+            inputs = [np.full((3, 8, 8), float(i), np.float32) for i in range(20)]
+            results = await asyncio.gather(*(service.embed(x) for x in inputs))
         finally:
             await service.stop()
         return results
@@ -54,7 +53,7 @@ def test_a_lone_request_waits_at_most_the_window():
         service = EmbeddingService(embedder, max_batch=32, wait_ms=5)
         await service.start()
         start = time.perf_counter()
-        await service.embed(torch.zeros(3, 8, 8))
+        await service.embed(np.zeros((3, 8, 8), np.float32))
         elapsed = time.perf_counter() - start
         await service.stop()
         return elapsed
@@ -75,8 +74,8 @@ def test_a_failing_batch_fails_its_requests_not_the_worker():
         service = EmbeddingService(Flaky(delay=0), max_batch=4, wait_ms=1)
         await service.start()
         with pytest.raises(RuntimeError, match="boom"):
-            await service.embed(torch.zeros(3, 8, 8))
-        ok = await service.embed(torch.ones(3, 8, 8))
+            await service.embed(np.zeros((3, 8, 8), np.float32))
+        ok = await service.embed(np.ones((3, 8, 8), np.float32))
         await service.stop()
         return ok
 
@@ -112,3 +111,23 @@ def test_read_write_lock_lets_readers_share_and_writers_exclude():
         t.join()
     assert peak >= 2  # readers overlapped
     assert log == [("writer", 0)]  # the writer ran alone
+
+
+def test_stopping_with_requests_waiting_fails_them_instead_of_hanging():
+    embedder = RecordingEmbedder(delay=0.05)
+
+    async def scenario():
+        service = EmbeddingService(embedder, max_batch=2, wait_ms=1)
+        await service.start()
+        tasks = [asyncio.create_task(service.embed(np.full((3, 8, 8), i, np.float32)))
+                 for i in range(10)]
+        await asyncio.sleep(0.08)  # one batch done, the next in flight, the rest queued
+        await asyncio.wait_for(service.stop(), 5)
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+
+    results = asyncio.run(scenario())
+    answered = {i: r for i, r in enumerate(results) if not isinstance(r, BaseException)}
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert answered and failed
+    assert all(float(r[0]) == i for i, r in answered.items())
+    assert all("shutting down" in str(e) for e in failed)

@@ -5,7 +5,7 @@ import sys
 
 import httpx
 
-from models.checkpoint import DEFAULT_CHECKPOINT
+from models.runtime import DEFAULT_CHECKPOINT
 from tests.helpers import free_port, service
 
 GALLERY_CLASSES = ["Banana", "Granny-Smith", "Red-Delicious", "Lemon", "Lime", "Carrots",

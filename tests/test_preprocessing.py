@@ -9,6 +9,7 @@ from models.preprocessing import (
     Preprocessing,
     eval_transform,
     load_image,
+    preprocess,
     train_transform,
 )
 from tests.helpers import jpeg_bytes, png_bytes, synthetic_image
@@ -98,3 +99,23 @@ def test_eval_and_train_transforms_share_size_and_normalisation():
     # A mid-grey image normalises to about (0.5 - mean) / std in every pipeline.
     assert abs(float(x[0].mean()) - (0.5 - 0.485) / 0.229) < 0.1
     assert Preprocessing.from_dict(pre.to_dict()) == pre
+
+
+@pytest.mark.parametrize("size", [(300, 200), (201, 333), (256, 256), (257, 1000), (100, 50)])
+def test_preprocess_equals_torchvision_resize_crop_normalise(size):
+    """The numpy/Pillow pipeline the service uses gives torchvision's numbers exactly."""
+    from torchvision import transforms
+
+    pre = Preprocessing()
+    reference = transforms.Compose([
+        transforms.Resize(pre.resize_size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(pre.image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])
+    pixels = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3))
+    image = Image.fromarray(pixels.astype(np.uint8))
+    ours = preprocess(image, pre)
+    assert ours.dtype == np.float32 and ours.shape == (3, 224, 224)
+    np.testing.assert_allclose(ours, reference(image).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(eval_transform(pre)(image).numpy(), ours)

@@ -1,8 +1,19 @@
+import subprocess
+import sys
+
 import numpy as np
+import onnx
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.inference import OnnxEmbedder, TorchEmbedder, embed_images, make_embedder
+from models.inference import TorchEmbedder, make_embedder
+from models.runtime import (
+    DEFAULT_CHECKPOINT,
+    OnnxEmbedder,
+    embed_images,
+    onnx_export_path,
+    open_embedder,
+)
 from tests.helpers import COLOURS, synthetic_image
 from training import export
 
@@ -15,8 +26,6 @@ def test_export_cli_verifies_onnx_against_torch(tiny_checkpoint, tmp_path):
 
 def test_default_encoder_same_embeddings_and_top5_in_both_runtimes(tmp_path):
     """The real default model (EfficientNet-Lite0 + head): ONNX Runtime and PyTorch agree."""
-    from models.checkpoint import DEFAULT_CHECKPOINT
-
     loaded = load_checkpoint(DEFAULT_CHECKPOINT)
     torch_runtime = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing)
     onnx_runtime = make_embedder(loaded, "auto", "cpu", cache_dir=tmp_path)
@@ -32,7 +41,13 @@ def test_default_encoder_same_embeddings_and_top5_in_both_runtimes(tmp_path):
         assert list(top_a) == list(top_b)
     # Second call reuses the cached export instead of exporting again.
     exported = list(tmp_path.glob("*.onnx"))
-    assert len(exported) == 1
+    assert exported == [onnx_export_path(tmp_path, loaded.fingerprint)]
+    # TF 'same' padding is exported as constants, not computed from the input shape.
+    ops = {node.op_type for node in onnx.load(str(exported[0])).graph.node}
+    assert "Conv" in ops and "Ceil" not in ops
+    # The file describes itself: weights fingerprint and preprocessing.
+    assert onnx_runtime.fingerprint == loaded.fingerprint
+    assert onnx_runtime.preprocessing == loaded.meta.preprocessing and onnx_runtime.dim == 128
     mtime = exported[0].stat().st_mtime_ns
     make_embedder(loaded, "auto", "cpu", cache_dir=tmp_path)
     assert exported[0].stat().st_mtime_ns == mtime
@@ -44,3 +59,28 @@ def test_runtime_choice(tiny_checkpoint, tmp_path):
     assert make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path).name == "onnx"
     if not torch.cuda.is_available():
         assert make_embedder(loaded, "auto", "auto", cache_dir=tmp_path).name == "onnx"
+
+
+def test_cached_export_serves_without_importing_torch(tiny_checkpoint, tmp_path):
+    """A restart on CPU opens the cached ONNX export and never imports torch (seconds)."""
+    first = open_embedder(tiny_checkpoint, "auto", "cpu", cache_dir=tmp_path)
+    assert first.embedder.name == "onnx"
+    code = (
+        "import sys; from models.runtime import open_embedder; "
+        f"o = open_embedder({str(tiny_checkpoint)!r}, 'auto', 'cpu', cache_dir={str(tmp_path)!r}); "
+        "print(o.embedder.name, o.fingerprint, 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["onnx", first.fingerprint, "False", "False"]
+
+
+def test_damaged_cached_export_is_replaced(tiny_checkpoint, tmp_path):
+    loaded = load_checkpoint(tiny_checkpoint)
+    path = onnx_export_path(tmp_path, loaded.fingerprint)
+    path.write_bytes(b"not an onnx file")
+    embedder = make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
+    assert embedder.fingerprint == loaded.fingerprint and path.stat().st_size > 10_000
+    image = synthetic_image(COLOURS["red"], 0, 64)
+    reference = embed_images(TorchEmbedder(loaded.encoder, loaded.meta.preprocessing), [image])
+    assert float(np.sum(reference * embed_images(embedder, [image]))) > 0.999

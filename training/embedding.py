@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.inference import Embedder
 from models.preprocessing import eval_transform
+from models.runtime import Embedder
 from training.data import ImageDataset, ImageFolder
 
 

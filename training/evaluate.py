@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import DEFAULT_CHECKPOINT, IMAGENET, load_checkpoint
+from models.checkpoint import load_checkpoint
 from models.inference import make_embedder, resolve_device
+from models.runtime import DEFAULT_CHECKPOINT, IMAGENET
 from training.data import ImageFolder, class_list, scan_image_folder
 from training.embedding import default_workers, embed_folder_cached
 from training.metrics import fewshot_accuracy, retrieval_metrics

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from models.inference import OnnxEmbedder, TorchEmbedder, export_onnx
+from models.checkpoint import load_checkpoint
+from models.inference import TorchEmbedder, export_onnx
+from models.runtime import DEFAULT_CHECKPOINT, OnnxEmbedder
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> float:
     size = loaded.meta.preprocessing.image_size
     batch = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     reference = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing).embed_batch(batch)
-    onnx = OnnxEmbedder(args.onnx, loaded.meta.preprocessing, loaded.encoder.embedding_dim)
+    onnx = OnnxEmbedder(args.onnx)
     cosine = float(np.min(np.sum(reference * onnx.embed_batch(batch), axis=1)))
     print(f"wrote {args.onnx}; min cosine(onnx, torch) over 4 inputs = {cosine:.6f}")
     if cosine < 0.999:

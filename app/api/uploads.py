@@ -33,10 +33,10 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
 
 async def decode_upload(data: bytes, embedding: EmbeddingService) -> NewImage:
     """Decode off the event loop; ImageDecodeError propagates to its handler (4xx)."""
-    image, tensor = await asyncio.to_thread(embedding.decode, data)
+    image, model_input = await asyncio.to_thread(embedding.decode, data)
     with Image.open(io.BytesIO(data)) as header:
         extension = EXTENSIONS.get(header.format or "", ".img")
-    return NewImage(data, tensor, image.width, image.height, extension)
+    return NewImage(data, model_input, image.width, image.height, extension)
 
 
 def clean_label(raw: str) -> str:

@@ -1,6 +1,6 @@
 """Embedding in the service: decoding off the event loop and micro-batched model calls.
 
-Concurrent requests put their preprocessed tensor in a queue; one worker takes up to
+Concurrent requests put their preprocessed image in a queue; one worker takes up to
 ``max_batch`` of them, waiting at most ``wait_ms`` after the first, and embeds them in one
 model call on a dedicated thread. Under load, throughput approaches batch throughput.
 """
@@ -13,11 +13,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 from PIL import Image
 
-from models.inference import Embedder
-from models.preprocessing import eval_transform, load_image
+from models.preprocessing import load_image, preprocess
+from models.runtime import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -29,67 +28,87 @@ class EmbeddingService:
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.max_pixels = max_pixels
-        self.transform = eval_transform(embedder.preprocessing)
         self.draft_size = embedder.preprocessing.resize_size
         # One thread runs the model: the runtime parallelises inside each call.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="embed")
-        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] | None = None
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
         self.worker: asyncio.Task | None = None
+        self.stopping = False
 
     @property
     def dim(self) -> int:
         return self.embedder.dim
 
-    def decode(self, data: bytes) -> tuple[Image.Image, torch.Tensor]:
-        """Bytes -> (RGB image, input tensor); raises ImageDecodeError. Call off the loop."""
+    def decode(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
+        """Bytes -> (RGB image, model input); raises ImageDecodeError. Call off the loop."""
         image = load_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
-        return image, self.transform(image)
+        return image, preprocess(image, self.embedder.preprocessing)
 
-    def embed_tensors(self, tensors: list[torch.Tensor]) -> np.ndarray:
+    def embed_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Blocking batch embedding (start-up sync, enrolment of several files)."""
-        return self.embedder.embed_batch(torch.stack(tensors))
+        return self.embedder.embed_batch(np.stack(inputs))
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
         self.worker = asyncio.create_task(self._run(), name="embedding-batcher")
 
     async def stop(self) -> None:
+        """Stop the worker; requests still waiting get an error instead of hanging."""
+        self.stopping = True
         if self.worker:
             self.worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.worker
+        while self.queue is not None and not self.queue.empty():
+            _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError("the service is shutting down"))
         self.model_thread.shutdown(wait=True)
 
-    async def embed(self, tensor: torch.Tensor) -> np.ndarray:
+    async def embed(self, model_input: np.ndarray) -> np.ndarray:
         """Embed one preprocessed image, batched with whatever else is waiting."""
         assert self.queue is not None, "EmbeddingService.start() was not called"
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self.queue.put((tensor, future))
+        await self.queue.put((model_input, future))
         return await future
 
     async def _run(self) -> None:
+        # The flag, not only the cancellation, ends the loop: before Python 3.12,
+        # asyncio.wait_for can swallow a cancellation that arrives as its inner get succeeds.
+        while not self.stopping:
+            await self._embed_batch(await self._next_batch())
+
+    async def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+        """The first waiting request plus whatever arrives within the window, up to max."""
         assert self.queue is not None
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + self.wait_s
-            while len(batch) < self.max_batch:
-                timeout = deadline - loop.time()
-                try:
-                    batch.append(self.queue.get_nowait() if timeout <= 0 else
-                                 await asyncio.wait_for(self.queue.get(), timeout))
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-            tensors = [t for t, _ in batch]
+        batch = [await self.queue.get()]
+        deadline = loop.time() + self.wait_s
+        while len(batch) < self.max_batch:
+            timeout = deadline - loop.time()
             try:
-                vectors = await loop.run_in_executor(self.model_thread, self.embed_tensors,
-                                                     tensors)
-            except Exception as exc:  # hand the failure to every waiting request
+                batch.append(self.queue.get_nowait() if timeout <= 0 else
+                             await asyncio.wait_for(self.queue.get(), timeout))
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+        return batch
+
+    async def _embed_batch(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            vectors = await loop.run_in_executor(
+                self.model_thread, self.embed_inputs, [model_input for model_input, _ in batch])
+        except BaseException as exc:  # hand the failure to every waiting request
+            if not isinstance(exc, asyncio.CancelledError):
                 log.exception("embedding a batch of %d failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), vector in zip(batch, vectors, strict=True):
+            error = exc if isinstance(exc, Exception) else RuntimeError(
+                "the service is shutting down")
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(vector)
+                    future.set_exception(error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), vector in zip(batch, vectors, strict=True):
+            if not future.done():
+                future.set_result(vector)

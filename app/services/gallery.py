@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from app.services.embedding import EmbeddingService
@@ -34,7 +33,7 @@ class Hit:
 @dataclass(frozen=True)
 class NewImage:
     data: bytes
-    tensor: torch.Tensor
+    model_input: np.ndarray  # preprocessed, (3, H, W) float32
     width: int
     height: int
     extension: str
@@ -89,11 +88,11 @@ class Gallery:
         added = 0
         for start in tqdm(range(0, len(todo), batch_size), desc="embedding gallery",
                           unit="batch", disable=not todo):
-            rows, tensors = [], []
+            rows, inputs = [], []
             for label, path in todo[start : start + batch_size]:
                 try:
                     data = path.read_bytes()
-                    image, tensor = self.embedding.decode(data)
+                    image, model_input = self.embedding.decode(data)
                 except (OSError, ImageDecodeError) as exc:
                     log.warning("skipping unreadable gallery image %s: %s", path, exc)
                     continue
@@ -102,9 +101,9 @@ class Gallery:
                                                       for r in rows):
                     continue  # the same photo twice under one label: keep one
                 rows.append((label, sha, "gallery", str(path), image.width, image.height))
-                tensors.append(tensor)
+                inputs.append(model_input)
             if rows:
-                self.store.insert_items(rows, self.embedding.embed_tensors(tensors),
+                self.store.insert_items(rows, self.embedding.embed_inputs(inputs),
                                         self.fingerprint)
                 added += len(rows)
             if start and start % (batch_size * 10) == 0:
@@ -121,19 +120,19 @@ class Gallery:
         unreadable = []
         for start in tqdm(range(0, len(missing), batch_size), desc="re-embedding",
                           unit="batch", disable=not missing):
-            ids, tensors = [], []
+            ids, inputs = [], []
             for item in missing[start : start + batch_size]:
                 try:
-                    _, tensor = self.embedding.decode(self.store.image_path(item).read_bytes())
+                    _, model_input = self.embedding.decode(self.store.image_path(item).read_bytes())
                 except (OSError, ImageDecodeError) as exc:
                     log.error("item %d: stored image unreadable (%s); it is left out of the "
                               "index", item.id, exc)
                     unreadable.append(item)
                     continue
                 ids.append(item.id)
-                tensors.append(tensor)
+                inputs.append(model_input)
             if ids:
-                self.store.set_embeddings(ids, self.embedding.embed_tensors(tensors),
+                self.store.set_embeddings(ids, self.embedding.embed_inputs(inputs),
                                           self.fingerprint)
         return len(missing) - len(unreadable)
 

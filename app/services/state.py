@@ -11,8 +11,7 @@ from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.services.store import Store
-from models.checkpoint import load_checkpoint
-from models.inference import make_embedder, resolve_device
+from models.runtime import open_embedder
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +52,16 @@ class ServiceState:
 
     def _load_model(self) -> None:
         s = self.settings
-        device = resolve_device(s.device)
-        loaded = load_checkpoint(s.checkpoint, device=device)
-        cache = s.data_dir / "onnx"
-        embedder = make_embedder(loaded, s.runtime, str(device), cache_dir=cache,
-                                 threads=s.threads)
+        opened = open_embedder(s.checkpoint, s.runtime, s.device, cache_dir=s.data_dir / "onnx",
+                               threads=s.threads)
+        embedder = opened.embedder
         self.embedding = EmbeddingService(embedder, s.max_batch, s.batch_wait_ms,
                                           s.max_image_pixels)
-        self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, str(device)
+        self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
         self.store = Store(s.data_dir)
-        self.gallery = Gallery(self.store, self.embedding, loaded.fingerprint)
+        self.gallery = Gallery(self.store, self.embedding, opened.fingerprint)
         log.info("loaded %s (fingerprint %s) on %s with runtime %s", s.checkpoint,
-                 loaded.fingerprint, device, embedder.name)
+                 opened.fingerprint, opened.device, embedder.name)
 
     def _load_gallery(self) -> dict[str, int]:
         assert self.gallery is not None

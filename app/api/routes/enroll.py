@@ -37,7 +37,7 @@ async def enroll(
         raise HTTPException(413,
                             f"at most {settings.max_files_per_enroll} files per request")
     images = [await decode_upload(await read_upload(f, settings), embedding) for f in file]
-    vectors = np.stack(await asyncio.gather(*(embedding.embed(i.tensor) for i in images)))
+    vectors = np.stack(await asyncio.gather(*(embedding.embed(i.model_input) for i in images)))
     results = await asyncio.to_thread(gallery.enroll, label, images, vectors)
     if not any(created for _, created in results):
         response.status_code = status.HTTP_200_OK

@@ -23,7 +23,7 @@ async def search(
 ) -> SearchResults:
     started = time.perf_counter()
     image = await decode_upload(await read_upload(file, settings), embedding)
-    vector = await embedding.embed(image.tensor)
+    vector = await embedding.embed(image.model_input)
     hits = gallery.search(vector, k)
     return SearchResults(
         results=[SearchHit(id=h.item.id, label=h.item.label, score=h.score,
@@ -45,7 +45,7 @@ async def classify(
     embeddings). Below ``CLASSIFY_THRESHOLD`` the answer is ``unknown``."""
     started = time.perf_counter()
     image = await decode_upload(await read_upload(file, settings), embedding)
-    vector = await embedding.embed(image.tensor)
+    vector = await embedding.embed(image.model_input)
     ranked = gallery.classify(vector)
     best_label, best_score = ranked[0] if ranked else ("unknown", -1.0)
     threshold = settings.classify_threshold
