@@ -38,8 +38,10 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     ids=["cmyk", "palette", "rgba", "grey", "grey-alpha", "16bit", "1bit", "webp", "gif", "tiff"],
 )
 def test_odd_but_valid_images_become_rgb(make):
-    image = load_image(make())
+    data = make()
+    image = load_image(data)
     assert image.mode == "RGB" and image.size == (40, 30)
+    assert image.format == Image.open(io.BytesIO(data)).format  # kept for the stored file
 
 
 def test_transparent_pixels_become_white():

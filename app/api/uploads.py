@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import unicodedata
 
 from fastapi import HTTPException, UploadFile, status
-from PIL import Image
 
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
@@ -34,8 +32,7 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
 async def decode_upload(data: bytes, embedding: EmbeddingService) -> NewImage:
     """Decode off the event loop; ImageDecodeError propagates to its handler (4xx)."""
     image, model_input = await asyncio.to_thread(embedding.decode, data)
-    with Image.open(io.BytesIO(data)) as header:
-        extension = EXTENSIONS.get(header.format or "", ".img")
+    extension = EXTENSIONS.get(image.format or "", ".img")
     return NewImage(data, model_input, image.width, image.height, extension)
 
 
