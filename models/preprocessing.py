@@ -211,3 +211,14 @@ def train_transform(pre: Preprocessing, strength: float = 1.0) -> transforms.Com
 
 def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS and not Path(path).name.startswith(".")
+
+
+def class_folder_images(root: str | Path) -> dict[str, list[Path]]:
+    """Image files of a ``<root>/<class>/...`` tree by class name (sorted; empty classes
+    left out): the dataset layout of training and of the service's gallery folder."""
+    by_class = {}
+    for class_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+        if files:
+            by_class[class_dir.name] = files
+    return by_class

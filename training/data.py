@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from models.preprocessing import ImageDecodeError, is_image_file, load_image
+from models.preprocessing import ImageDecodeError, class_folder_images, load_image
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -82,10 +82,8 @@ def scan_image_folder(
     for root in roots:
         if not root.is_dir():
             raise FileNotFoundError(f"dataset folder {root} does not exist")
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
-            if files:
-                by_class.setdefault(class_dir.name, []).extend(files)
+        for name, files in class_folder_images(root).items():
+            by_class.setdefault(name, []).extend(files)
     if include:
         missing = sorted(set(include) - set(by_class))
         if missing:

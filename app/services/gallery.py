@@ -19,7 +19,7 @@ from tqdm import tqdm
 from app.services.embedding import EmbeddingService
 from app.services.index import ReadWriteLock, VectorIndex
 from app.services.store import Item, Store
-from models.preprocessing import ImageDecodeError, is_image_file
+from models.preprocessing import ImageDecodeError, class_folder_images
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,8 @@ class Gallery:
             return {}
         known = {item.path: item for item in self.store.all_items() if item.source == "gallery"}
         tombstones = self.store.tombstoned_paths()
-        files = []
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            files += [(class_dir.name, p.resolve()) for p in sorted(class_dir.rglob("*"))
-                      if p.is_file() and is_image_file(p)]
+        files = [(label, path.resolve())
+                 for label, paths in class_folder_images(root).items() for path in paths]
         present = {str(path) for _, path in files}
         gone = [item for path, item in known.items() if path not in present]
         if gone:
