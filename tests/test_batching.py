@@ -46,11 +46,11 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_results():
     assert len(embedder.batches) <= 4 and max(embedder.batches) == 8
 
 
-def test_a_lone_request_waits_at_most_the_window():
+def test_a_lone_request_does_not_wait_for_the_window():
     embedder = RecordingEmbedder(delay=0)
 
     async def scenario():
-        service = EmbeddingService(embedder, max_batch=32, wait_ms=5)
+        service = EmbeddingService(embedder, max_batch=32, wait_ms=2000)
         await service.start()
         start = time.perf_counter()
         await service.embed(np.zeros((3, 8, 8), np.float32))
@@ -131,3 +131,20 @@ def test_stopping_with_requests_waiting_fails_them_instead_of_hanging():
     assert answered and failed
     assert all(float(r[0]) == i for i, r in answered.items())
     assert all("shutting down" in str(e) for e in failed)
+
+
+def test_under_load_the_window_tops_up_the_batch():
+    embedder = RecordingEmbedder(delay=0)
+
+    async def scenario():
+        service = EmbeddingService(embedder, max_batch=8, wait_ms=300)
+        await service.start()
+        first = [asyncio.create_task(service.embed(np.zeros((3, 8, 8), np.float32)))
+                 for _ in range(2)]  # two waiting at once: load
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(service.embed(np.ones((3, 8, 8), np.float32)))
+        await asyncio.gather(*first, late)
+        await service.stop()
+
+    asyncio.run(scenario())
+    assert embedder.batches == [3]

@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     # Cosine score below which /classify answers "unknown" (see README: chosen on
     # validation data with classes the encoder never saw).
     classify_threshold: float = Field(0.91, ge=-1.0, le=1.0)
-    # Micro-batching: concurrent searches wait at most this long to share one model call.
+    # Micro-batching: under load, concurrent searches wait at most this long to share one
+    # model call (a lone request never waits).
     batch_wait_ms: float = Field(4.0, ge=0)
     max_batch: int = Field(32, ge=1)
     embed_batch_size: int = Field(32, ge=1)
