@@ -65,3 +65,10 @@ def test_threshold_separates_known_from_unknown_scores():
     gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     scores = best_prototype_scores(np.array([[0.6, 0.8]]), gallery, np.array([0, 0, 1]))
     assert scores.tolist() == [pytest.approx(0.8)]
+
+
+def test_prototypes_are_unit_rows_and_zero_rows_stay_zero():
+    from models.prototypes import prototypes
+
+    got = prototypes(np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(got, [[1, 0], [2**-0.5, 2**-0.5], [0, 0]], atol=1e-12)

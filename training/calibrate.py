@@ -20,6 +20,7 @@ import numpy as np
 
 from models.checkpoint import load_checkpoint
 from models.inference import make_embedder
+from models.prototypes import prototypes
 from training.data import class_list, scan_image_folder
 from training.embedding import embed_folder_cached
 
@@ -41,8 +42,7 @@ def best_prototype_scores(queries: np.ndarray, gallery: np.ndarray,
                           gallery_labels: np.ndarray) -> np.ndarray:
     classes = np.unique(gallery_labels)
     sums = np.stack([gallery[gallery_labels == c].sum(0) for c in classes])
-    prototypes = sums / np.linalg.norm(sums, axis=1, keepdims=True)
-    return (queries @ prototypes.T).max(1)
+    return (queries @ prototypes(sums).T).max(1)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.prototypes import prototypes
+
 
 def retrieval_metrics(
     queries: np.ndarray,
@@ -74,15 +76,14 @@ def fewshot_accuracy(
     accuracies = np.empty(episodes)
     for episode in range(episodes):
         classes = rng.choice(eligible, size=n_way, replace=False)
-        prototypes, queries, truth = [], [], []
+        means, queries, truth = [], [], []
         for position, cls in enumerate(classes):
             chosen = rng.permutation(by_class[cls])
             support, query = chosen[:k_shot], chosen[k_shot : k_shot + n_query]
-            mean = embeddings[support].mean(0)
-            prototypes.append(mean / max(np.linalg.norm(mean), 1e-12))
+            means.append(embeddings[support].mean(0))
             queries.append(embeddings[query])
             truth.extend([position] * len(query))
-        predicted = (np.concatenate(queries) @ np.stack(prototypes).T).argmax(1)
+        predicted = (np.concatenate(queries) @ prototypes(np.stack(means)).T).argmax(1)
         accuracies[episode] = (predicted == np.asarray(truth)).mean()
     return {
         "accuracy": float(accuracies.mean()),

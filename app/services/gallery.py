@@ -20,6 +20,7 @@ from app.services.embedding import EmbeddingService
 from app.services.index import ReadWriteLock, VectorIndex
 from app.services.store import Item, Store
 from models.preprocessing import ImageDecodeError, class_folder_images
+from models.prototypes import prototypes
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,7 @@ class Gallery:
             if not labels:
                 return []
             sums = np.stack([self._label_sums[label] for label in labels])
-        prototypes = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        scores = prototypes @ vector
+        scores = prototypes(sums) @ vector
         order = np.argsort(-scores)[:top]
         return [(labels[i], float(scores[i])) for i in order]
 
