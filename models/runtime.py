@@ -88,6 +88,10 @@ class OnnxEmbedder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # Idle pool threads would otherwise spin for work after each call, taking the cores
+        # that HTTP parsing and image decoding need (16-client /search throughput went from
+        # 43.6 to 52.5 req/s with spinning off, one A/B run on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(onnx_path), options, providers=["CPUExecutionProvider"]
         )
