@@ -17,13 +17,11 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.encoder import Encoder, build_encoder
+from models.encoder import Encoder, EncoderConfig, build_encoder
 
 
 def starting_point(fine_tuned: Encoder, initial_head: dict[str, torch.Tensor],
                    backbone: str) -> Encoder:
-    from models.encoder import EncoderConfig
-
     start = build_encoder(EncoderConfig(backbone, fine_tuned.embedding_dim), pretrained=True)
     start.head.load_state_dict({k: v.float() for k, v in initial_head.items()})
     return start

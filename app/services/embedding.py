@@ -21,6 +21,7 @@ from models.preprocessing import load_image, preprocess
 from models.runtime import Embedder
 
 log = logging.getLogger(__name__)
+SHUTTING_DOWN = "the service is shutting down"
 
 
 class EmbeddingService:
@@ -62,9 +63,7 @@ class EmbeddingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.worker
         while self.queue is not None and not self.queue.empty():
-            _, future = self.queue.get_nowait()
-            if not future.done():
-                future.set_exception(RuntimeError("the service is shutting down"))
+            _fail([self.queue.get_nowait()], RuntimeError(SHUTTING_DOWN))
         self.model_thread.shutdown(wait=True)
 
     async def embed(self, model_input: np.ndarray) -> np.ndarray:
@@ -105,17 +104,19 @@ class EmbeddingService:
         try:
             vectors = await loop.run_in_executor(
                 self.model_thread, self.embed_inputs, [model_input for model_input, _ in batch])
-        except BaseException as exc:  # hand the failure to every waiting request
-            if not isinstance(exc, asyncio.CancelledError):
-                log.exception("embedding a batch of %d failed", len(batch))
-            error = exc if isinstance(exc, Exception) else RuntimeError(
-                "the service is shutting down")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except asyncio.CancelledError:  # stopped mid-call: its requests must not hang
+            _fail(batch, RuntimeError(SHUTTING_DOWN))
+            raise
+        except Exception as exc:  # hand the failure to every waiting request
+            log.exception("embedding a batch of %d failed", len(batch))
+            _fail(batch, exc)
             return
         for (_, future), vector in zip(batch, vectors, strict=True):
             if not future.done():
                 future.set_result(vector)
+
+
+def _fail(batch: list[tuple[np.ndarray, asyncio.Future]], error: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
