@@ -87,6 +87,9 @@ def test_bad_file_gives_a_clear_message(web):
 def test_phone_screen_and_keyboard(web):
     browser, url, tmp = web
     page = browser.new_page(viewport={"width": 375, "height": 740}, is_mobile=True)
+    # Listening from the start turns on file-chooser interception before the key press:
+    # enabled lazily by expect_file_chooser, it can lose the race and time out (flaky).
+    page.on("filechooser", lambda _chooser: None)
     page.goto(url)
     expect(page.locator("#status")).to_contain_text("Ready")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
