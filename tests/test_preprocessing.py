@@ -103,7 +103,8 @@ def test_eval_and_train_transforms_share_size_and_normalisation():
     assert Preprocessing.from_dict(pre.to_dict()) == pre
 
 
-@pytest.mark.parametrize("size", [(300, 200), (201, 333), (256, 256), (257, 1000), (100, 50)])
+@pytest.mark.parametrize("size", [(300, 200), (201, 333), (256, 256), (224, 224), (299, 224),
+                                  (257, 1000), (100, 50), (4000, 3000)])
 def test_preprocess_equals_torchvision_resize_crop_normalise(size):
     """The numpy/Pillow pipeline the service uses gives torchvision's numbers exactly."""
     from torchvision import transforms

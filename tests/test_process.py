@@ -86,3 +86,37 @@ def test_acknowledged_enrolment_survives_kill_9(tiny_checkpoint, tmp_path, signa
             top = httpx.post(f"http://127.0.0.1:{port}/search",
                              files={"file": ("q.jpg", data, "image/jpeg")}).json()["results"][0]
             assert top["id"] == item_id
+
+
+def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_path):
+    """`make bench` measures /search with its own bare HTTP client: the service must parse
+    its requests, and an error answer must fail the benchmark, not pass as a fast request."""
+    import asyncio
+
+    from bench.run import BareConnection, search_latencies, search_request, search_throughput
+
+    port = free_port()
+    gallery = make_image_folder(tmp_path / "gallery", {n: COLOURS[n] for n in ("red", "blue")},
+                                per_class=3)
+    env = base_env(PORT=str(port), HOST="127.0.0.1", CHECKPOINT=str(tiny_checkpoint),
+                   DATA_DIR=str(tmp_path / "data"), GALLERY_DIR=str(gallery),
+                   LOG_LEVEL="WARNING")
+
+    async def one(request: bytes) -> dict:
+        connection = await BareConnection.open(port)
+        try:
+            return json.loads(await connection.send(request))
+        finally:
+            connection.close()
+
+    with service([sys.executable, "-m", "app"], env, port):
+        query = (tmp_path / "gallery" / "red" / "000.jpg").read_bytes()
+        answer = asyncio.run(one(search_request(query, port)))
+        assert len(answer["results"]) == 5
+        assert answer["results"][0]["label"] == "red" and answer["results"][0]["score"] > 0.999
+        requests = [search_request(query, port)]
+        latencies = asyncio.run(search_latencies(port, requests, 4))
+        assert len(latencies) == 4 and all(0 < t < 30 for t in latencies)
+        assert asyncio.run(search_throughput(port, requests, 3, 9)) > 0
+        with pytest.raises(RuntimeError, match="400"):
+            asyncio.run(one(search_request(b"not an image", port)))
