@@ -27,7 +27,7 @@ from models.runtime import (
     Embedder,
     OnnxEmbedder,
     Runtime,
-    onnx_export_path,
+    onnx_cache_path,
     onnx_metadata,
     open_cached_onnx,
 )
@@ -128,8 +128,7 @@ def make_embedder(
         return TorchEmbedder(loaded.encoder, loaded.meta.preprocessing, torch_device)
     if torch_device.type == "cuda":
         log.warning("runtime=onnx runs on the CPU here even though CUDA is available")
-    cache = Path(cache_dir) if cache_dir else Path(loaded.path).parent
-    onnx_path = onnx_export_path(cache, loaded.fingerprint)
+    onnx_path = onnx_cache_path(loaded.path, loaded.fingerprint, cache_dir)
     cached = open_cached_onnx(onnx_path, loaded.fingerprint, threads)
     if cached is not None:
         return cached

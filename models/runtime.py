@@ -111,16 +111,27 @@ class OnnxEmbedder:
         return out.astype(np.float32, copy=False)
 
 
+def onnx_cache_path(checkpoint: str | os.PathLike, fingerprint: str,
+                    cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the export of ``checkpoint`` is cached: ``cache_dir``, else beside the checkpoint."""
+    return onnx_export_path(Path(cache_dir) if cache_dir else Path(checkpoint).parent, fingerprint)
+
+
 def open_cached_onnx(path: Path, fingerprint: str, threads: int | None) -> OnnxEmbedder | None:
-    """The cached export if it is there, readable and of these weights; else None."""
+    """The cached export if it is there, readable and of these weights; else None. A damaged
+    or foreign file is removed (and then exported again), not trusted."""
     if not path.is_file():
         return None
     try:
         embedder = OnnxEmbedder(path, threads)
-    except Exception as exc:  # a damaged or foreign file is replaced, not trusted
-        log.warning("ignoring the cached ONNX export %s (%s)", path, exc)
-        return None
-    return embedder if embedder.fingerprint == fingerprint else None
+        if embedder.fingerprint == fingerprint:
+            return embedder
+        problem = f"it is the export of other weights ({embedder.fingerprint})"
+    except Exception as exc:
+        problem = str(exc)
+    log.warning("removing the unusable cached ONNX export %s: %s", path, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def cuda_may_be_available() -> bool:
@@ -151,8 +162,8 @@ def open_embedder(
     path = Path(checkpoint)
     if runtime != "torch" and cpu and str(checkpoint) != IMAGENET and path.is_file():
         fingerprint = file_fingerprint(path)
-        cache = Path(cache_dir) if cache_dir else path.parent
-        cached = open_cached_onnx(onnx_export_path(cache, fingerprint), fingerprint, threads)
+        cached = open_cached_onnx(onnx_cache_path(path, fingerprint, cache_dir), fingerprint,
+                                  threads)
         if cached is not None:
             log.info("serving the cached ONNX export of %s (fingerprint %s)", path, fingerprint)
             return OpenedEmbedder(cached, fingerprint, "cpu")

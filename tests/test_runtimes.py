@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 
@@ -75,12 +76,15 @@ def test_cached_export_serves_without_importing_torch(tiny_checkpoint, tmp_path)
     assert out == ["onnx", first.fingerprint, "False", "False"]
 
 
-def test_damaged_cached_export_is_replaced(tiny_checkpoint, tmp_path):
+def test_damaged_cached_export_is_replaced(tiny_checkpoint, tmp_path, caplog):
     loaded = load_checkpoint(tiny_checkpoint)
     path = onnx_export_path(tmp_path, loaded.fingerprint)
     path.write_bytes(b"not an onnx file")
-    embedder = make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="models.runtime"):
+        embedder = open_embedder(tiny_checkpoint, "onnx", "cpu", cache_dir=tmp_path).embedder
     assert embedder.fingerprint == loaded.fingerprint and path.stat().st_size > 10_000
+    # Tried once, removed, exported again: one warning, not one per place that looks.
+    assert sum("unusable cached ONNX export" in r.message for r in caplog.records) == 1
     image = synthetic_image(COLOURS["red"], 0, 64)
     reference = embed_images(TorchEmbedder(loaded.encoder, loaded.meta.preprocessing), [image])
     assert float(np.sum(reference * embed_images(embedder, [image]))) > 0.999
