@@ -9,6 +9,7 @@ serves from ONNX Runtime without importing either. Anything else (the first star
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -53,7 +54,14 @@ def embed_images(embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarra
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """Identifies a checkpoint's weights: embeddings of different fingerprints never mix."""
+    """Identifies a checkpoint's weights: embeddings of different fingerprints never mix.
+    Hashed once per file version (path, size, modification time), not once per caller."""
+    stat = os.stat(path)
+    return _hash_file(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_file(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

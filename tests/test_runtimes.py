@@ -88,3 +88,19 @@ def test_damaged_cached_export_is_replaced(tiny_checkpoint, tmp_path, caplog):
     image = synthetic_image(COLOURS["red"], 0, 64)
     reference = embed_images(TorchEmbedder(loaded.encoder, loaded.meta.preprocessing), [image])
     assert float(np.sum(reference * embed_images(embedder, [image]))) > 0.999
+
+
+def test_file_fingerprint_follows_the_file_and_hashes_each_version_once(tmp_path):
+    from models import runtime
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"first weights")
+    misses = runtime._hash_file.cache_info().misses
+    first = runtime.file_fingerprint(path)
+    assert runtime.file_fingerprint(path) == first  # a second caller: no second hash
+    assert runtime._hash_file.cache_info().misses == misses + 1
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(b"first weights")
+    assert runtime.file_fingerprint(copy) == first  # the weights, not the file name
+    path.write_bytes(b"other weights, longer")
+    assert runtime.file_fingerprint(path) != first
