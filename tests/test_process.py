@@ -115,8 +115,11 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
         assert len(answer["results"]) == 5
         assert answer["results"][0]["label"] == "red" and answer["results"][0]["score"] > 0.999
         requests = [search_request(query, port)]
-        latencies = asyncio.run(search_latencies(port, requests, 4))
-        assert len(latencies) == 4 and all(0 < t < 30 for t in latencies)
+        calls = []
+        latencies, bare = asyncio.run(search_latencies(port, requests, 4,
+                                                       lambda: calls.append(1), blocks=2))
+        assert len(latencies) == len(bare) == 4 and all(0 < t < 30 for t in latencies)
+        assert len(calls) == 4 + 2 * 2  # blocks of bare calls beside the requests, warm-ups
         assert asyncio.run(search_throughput(port, requests, 3, 9)) > 0
         with pytest.raises(RuntimeError, match="400"):
             asyncio.run(one(search_request(b"not an image", port)))
