@@ -148,3 +148,16 @@ def test_under_load_the_window_tops_up_the_batch():
 
     asyncio.run(scenario())
     assert embedder.batches == [3]
+
+
+def test_gallery_searches_keep_faiss_to_one_thread():
+    """OpenMP's thread pool turned a microsecond search into milliseconds and spun on the
+    cores the model needs; the service's index searches on the calling thread."""
+    import faiss
+
+    from app.services.index import VectorIndex
+
+    index = VectorIndex(4)
+    index.add(np.arange(3), np.eye(4, dtype=np.float32)[:3])
+    assert index.search(np.eye(4, dtype=np.float32)[1], 2)[0] == (1, 1.0)
+    assert faiss.omp_get_max_threads() == 1
