@@ -19,7 +19,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -246,9 +247,22 @@ def recall_at_5(exact, approximate, q: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(truth, found, strict=True)]))
 
 
+@contextmanager
+def faiss_threads(count: int) -> Iterator[None]:
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def bench_faiss(sizes: dict[str, list[int]], dim: int = 128, queries: int = 200,
                 target_recall: float = 0.95) -> dict:
-    """Flat (exact) vs HNSW (M 32), one query per call as the service searches. efSearch
+    """Flat (exact) vs HNSW (M 32), one query per call on one thread, as the service
+    searches (indexes are built and recall computed with all cores). efSearch
     is the smallest that reaches ``target_recall`` on separate tuning queries, as one would
     tune it in production; recall and time are then measured on fresh queries."""
     import faiss
@@ -261,7 +275,8 @@ def bench_faiss(sizes: dict[str, list[int]], dim: int = 128, queries: int = 200,
             tune, q = near(base, queries, rng), near(base, queries, rng)
             flat = faiss.IndexFlatIP(dim)
             flat.add(base)
-            flat_s = timed(lambda f=flat, q=q: search_one_by_one(f, q), 2) / queries
+            with faiss_threads(1):  # as the service searches (app/services/index.py)
+                flat_s = timed(lambda f=flat, q=q: search_one_by_one(f, q), 2) / queries
             hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = 64
             build = time.perf_counter()
@@ -271,7 +286,8 @@ def bench_faiss(sizes: dict[str, list[int]], dim: int = 128, queries: int = 200,
                 hnsw.hnsw.efSearch = ef
                 if recall_at_5(flat, hnsw, tune) >= target_recall:
                     break
-            hnsw_s = timed(lambda h=hnsw, q=q: search_one_by_one(h, q), 2) / queries
+            with faiss_threads(1):
+                hnsw_s = timed(lambda h=hnsw, q=q: search_one_by_one(h, q), 2) / queries
             result = out[f"{kind} {n}"] = {
                 "vectors": kind, "n": n, "flat_ms_per_query": flat_s * 1000,
                 "hnsw_ms_per_query": hnsw_s * 1000, "hnsw_speedup": flat_s / hnsw_s,
