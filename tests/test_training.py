@@ -144,6 +144,21 @@ def test_interpolation_endpoints_and_midpoint():
     assert torch.allclose(interpolate(copy_of(a), b, 0.0).head.weight, wb)
 
 
+def test_soup_is_the_mean_and_needs_one_starting_point():
+    from models.encoder import EncoderConfig, build_encoder
+    from training.interpolate import average, same_start
+
+    torch.manual_seed(0)
+    a, b, c = (build_encoder(EncoderConfig(TINY_BACKBONE, 8), pretrained=False)
+               for _ in range(3))
+    weights = [m.head.weight.detach().clone() for m in (a, b, c)]
+    soup = average([a, b, c])
+    assert torch.allclose(soup.head.weight, sum(weights) / 3)
+    head = {"weight": torch.ones(2, 2)}
+    assert same_start(head, {"weight": torch.ones(2, 2).half()})
+    assert not same_start(head, {"weight": torch.zeros(2, 2)}) and not same_start(head, {})
+
+
 def copy_of(module):
     import copy
 
