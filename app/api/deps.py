@@ -67,7 +67,7 @@ async def require_key(settings: SettingsDep, key: Annotated[str | None, Security
 
 
 async def require_key_for_reads(settings: SettingsDep,
-                          key: Annotated[str | None, Security(api_key_header)]):
+                                key: Annotated[str | None, Security(api_key_header)]):
     """Search and browsing: open unless SEARCH_REQUIRES_KEY is set."""
     if settings.search_requires_key:
         _check_key(settings, key)
