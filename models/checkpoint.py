@@ -10,7 +10,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,23 @@ class LoadedEncoder:
     meta: CheckpointMeta
     fingerprint: str  # identifies the weights: embeddings from different fingerprints never mix
     path: str
+
+
+def at_image_size(loaded: LoadedEncoder, image_size: int) -> LoadedEncoder:
+    """The same weights seen at another test-time input size (same crop fraction).
+
+    Training on random-resized crops makes objects look larger than a centre crop does, so
+    such encoders often do better tested at a somewhat larger size (Touvron et al. 2019,
+    "FixRes"). The fingerprint changes with the size: embeddings and ONNX exports made at
+    different sizes never mix.
+    """
+    if image_size < 32:
+        raise CheckpointError(f"image size {image_size} is too small (at least 32)")
+    if image_size == loaded.meta.preprocessing.image_size:
+        return loaded
+    meta = replace(loaded.meta, preprocessing=replace(loaded.meta.preprocessing,
+                                                      image_size=image_size))
+    return replace(loaded, meta=meta, fingerprint=f"{loaded.fingerprint}@{image_size}px")
 
 
 def current_versions() -> dict[str, str]:

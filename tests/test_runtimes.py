@@ -4,9 +4,10 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import CheckpointError, at_image_size, load_checkpoint
 from models.inference import TorchEmbedder, make_embedder
 from models.runtime import (
     DEFAULT_CHECKPOINT,
@@ -104,3 +105,25 @@ def test_file_fingerprint_follows_the_file_and_hashes_each_version_once(tmp_path
     assert runtime.file_fingerprint(copy) == first  # the weights, not the file name
     path.write_bytes(b"other weights, longer")
     assert runtime.file_fingerprint(path) != first
+
+
+def test_test_time_size_changes_input_and_fingerprint_not_weights(tiny_checkpoint, tmp_path):
+    loaded = load_checkpoint(tiny_checkpoint)
+    bigger = at_image_size(loaded, 80)
+    assert bigger.meta.preprocessing.image_size == 80 and bigger.encoder is loaded.encoder
+    assert bigger.meta.preprocessing.crop_fraction == loaded.meta.preprocessing.crop_fraction
+    assert loaded.meta.preprocessing.image_size == 64  # the original is left as it was
+    assert bigger.fingerprint != loaded.fingerprint
+    assert at_image_size(loaded, 64) is loaded
+    with pytest.raises(CheckpointError, match="too small"):
+        at_image_size(loaded, 8)
+    # The ONNX export is made for the new size and cached under its own name.
+    embedder = make_embedder(bigger, "onnx", "cpu", cache_dir=tmp_path)
+    assert embedder.preprocessing.image_size == 80
+    assert list(tmp_path.glob("*.onnx")) == [onnx_export_path(tmp_path, bigger.fingerprint)]
+    images = [synthetic_image((200, 30, 30), i) for i in range(2)]
+    at_80 = embed_images(embedder, images)
+    at_64 = embed_images(TorchEmbedder(loaded.encoder, loaded.meta.preprocessing), images)
+    at_80_torch = embed_images(TorchEmbedder(bigger.encoder, bigger.meta.preprocessing), images)
+    assert np.allclose(at_80, at_80_torch, atol=1e-4)
+    assert not np.allclose(at_80, at_64, atol=1e-3)

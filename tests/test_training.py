@@ -105,11 +105,16 @@ def test_evaluate_writes_the_documented_json_and_pictures(synthetic_folder, tiny
                            "--cache", str(tmp_path / "cache")])
     assert again["fewshot"] == data["fewshot"]
     assert len(np.load(cached)["paths"]) == 48
+    # Another test-time size is embedded anew, into its own cache file.
+    larger = evaluate.main(["--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_folder),
+                            "--ways", "3", "--episodes", "20", "--workers", "0",
+                            "--cache", str(tmp_path / "cache"), "--image-size", "80"])
+    assert larger["image_size"] == 80 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
     assert set(data["retrieval"]) >= {"recall@1", "recall@5", "precision@5", "map@r"}
     assert set(data["fewshot"]) == {"3-way-1-shot", "3-way-5-shot"}
     assert set(data["fewshot"]["3-way-1-shot"]) >= {"accuracy", "ci95"}
     assert data["n_images"] == 48 and data["n_classes"] == 4
-    assert data["checkpoint"] == str(tiny_checkpoint)
+    assert data["checkpoint"] == str(tiny_checkpoint) and data["image_size"] == 64
     # Queries searched against a gallery that contains them: each finds itself first.
     assert data["retrieval"]["recall@1"] == 1.0
     for picture in ("grid.png", "map.png"):
@@ -172,3 +177,16 @@ def test_interpolate_cli_needs_a_recorded_starting_point(tiny_checkpoint, tmp_pa
     with pytest.raises(CheckpointError, match="starting point"):
         interpolate.main(["--checkpoint", str(tiny_checkpoint), "--alpha", "0.5",
                           "--out", str(tmp_path / "x.pt")])
+
+
+def test_calibrate_cli_at_another_test_time_size(synthetic_folder, tiny_checkpoint, tmp_path):
+    from training import calibrate
+
+    result = calibrate.main(["--checkpoint", str(tiny_checkpoint), "--gallery",
+                             str(synthetic_folder), "--queries", str(synthetic_folder),
+                             "--unknown-classes", "yellow", "--image-size", "80",
+                             "--json", str(tmp_path / "c.json")])
+    assert result["image_size"] == 80
+    assert result["known_queries"] == 36 and result["unknown_queries"] == 12
+    assert -1.0 <= result["threshold"] <= 1.0 and 0.5 <= result["balanced_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "c.json").read_text()) == result

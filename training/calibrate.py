@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import at_image_size, load_checkpoint
 from models.inference import make_embedder
 from models.prototypes import prototypes
 from training.data import class_list, scan_image_folder
@@ -55,10 +55,14 @@ def main(argv: list[str] | None = None) -> dict:
                    help="comma-separated")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--cache", type=Path)
+    p.add_argument("--image-size", type=int, help="test-time input size instead of the "
+                   "checkpoint's (calibrate at the size the service will run)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     unknown = args.unknown_classes
     loaded = load_checkpoint(args.checkpoint)
+    if args.image_size:
+        loaded = at_image_size(loaded, args.image_size)
     embedder = make_embedder(loaded, args.runtime, "cpu", cache_dir=args.cache)
 
     def embed(folder):
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         "known_queries": len(known_scores),
         "unknown_queries": len(unknown_scores),
         "checkpoint": str(args.checkpoint),
+        "image_size": loaded.meta.preprocessing.image_size,
     }
     print(json.dumps(result, indent=2))
     if args.json:

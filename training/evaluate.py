@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import at_image_size, load_checkpoint
 from models.inference import make_embedder, resolve_device
 from models.runtime import DEFAULT_CHECKPOINT, IMAGENET
 from training.data import ImageFolder, class_list, scan_image_folder
@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="onnx: ONNX Runtime, ~3x faster on CPU (cosine > 0.999 to torch)")
     p.add_argument("--cache", type=Path,
                    help="folder for per-image embedding caches, reused across runs")
+    p.add_argument("--image-size", type=int,
+                   help="test-time input size instead of the checkpoint's (e.g. to compare "
+                        "an encoder and imagenet at one size)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=default_workers())
     return p.parse_args(argv)
@@ -65,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def evaluate(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
+    if args.image_size:
+        loaded = at_image_size(loaded, args.image_size)
     embedder = make_embedder(loaded, args.runtime, str(device),
                              cache_dir=args.cache or Path(tempfile.gettempdir()))
 
@@ -105,6 +110,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "n_classes": len(data.classes),
         "n_gallery_images": len(gallery) if gallery else None,
         "checkpoint": str(args.checkpoint),
+        "image_size": loaded.meta.preprocessing.image_size,
         "data": [str(d) for d in args.data],
         "gallery": [str(g) for g in args.gallery] if args.gallery else None,
     }

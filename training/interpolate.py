@@ -9,6 +9,9 @@ checkpoint). alpha = 1 is the fine-tuned encoder, alpha = 0 the ImageNet feature
 between, the encoder keeps most of what triplet training gained on the training domain and
 much of ImageNet's generality elsewhere, at no inference cost.
 
+``--image-size`` records a test-time input size other than the training size (see
+:func:`models.checkpoint.at_image_size`; pick it with ``training.evaluate --image-size``).
+
 ``--soup`` first averages several fine-tuned runs from the same starting point (a "model
 soup", Wortsman et al. 2022), e.g. runs with different frozen stages; theta_fine_tuned is
 then their mean.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, at_image_size, load_checkpoint, save_checkpoint
 from models.encoder import Encoder, EncoderConfig, build_encoder
 
 
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--alpha", type=float, required=True, help="0 = start, 1 = fine-tuned")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--half", action="store_true", help="store weights as fp16")
+    p.add_argument("--image-size", type=int,
+                   help="test-time input size to record (default: the checkpoint's); see "
+                        "models.checkpoint.at_image_size")
     p.add_argument("--soup", nargs="+", default=[], metavar="CHECKPOINT",
                    help="more fine-tuned runs from the same starting point, averaged first")
     args = p.parse_args(argv)
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> Path:
     fine_tuned = average([loaded.encoder, *(o.encoder for o in others)])
     start = starting_point(fine_tuned, initial_head, loaded.meta.encoder.backbone)
     encoder = interpolate(fine_tuned, start, args.alpha)
-    meta = loaded.meta
+    meta = at_image_size(loaded, args.image_size).meta if args.image_size else loaded.meta
     meta.extra = {**meta.extra, "wise_alpha": args.alpha,
                   "fine_tuned_from": [str(args.checkpoint), *args.soup] if args.soup
                   else str(args.checkpoint)}
