@@ -1,4 +1,6 @@
 import asyncio
+import os
+import sys
 import threading
 import time
 
@@ -8,6 +10,7 @@ import pytest
 from app.services.embedding import EmbeddingService
 from app.services.index import ReadWriteLock
 from models.preprocessing import Preprocessing
+from tests.helpers import jpeg_bytes, synthetic_image
 
 
 class RecordingEmbedder:
@@ -161,3 +164,28 @@ def test_gallery_searches_keep_faiss_to_one_thread():
     index.add(np.arange(3), np.eye(4, dtype=np.float32)[:3])
     assert index.search(np.eye(4, dtype=np.float32)[1], 2)[0] == (1, 1.0)
     assert faiss.omp_get_max_threads() == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_uploads_decode_on_lower_priority_threads_and_the_rest_keeps_its_own():
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = own_nice()
+
+    async def scenario(nice: int):
+        service = EmbeddingService(RecordingEmbedder(delay=0), decode_nice=nice)
+        try:
+            image, model_input = await service.decode_async(
+                jpeg_bytes(synthetic_image((200, 30, 30), 0)))
+            decoder_nice = service.decode_pool.submit(own_nice).result()
+            model_nice = service.model_thread.submit(own_nice).result()
+        finally:
+            await service.stop()
+        return image, model_input, decoder_nice, model_nice
+
+    image, model_input, decoder_nice, model_nice = asyncio.run(scenario(5))
+    assert model_input.shape == (3, 8, 8) and image.format == "JPEG"
+    assert decoder_nice == min(19, before + 5)
+    assert model_nice == before and own_nice() == before
+    assert asyncio.run(scenario(0))[2] == before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import unicodedata
 
 from fastapi import HTTPException, UploadFile, status
@@ -31,7 +30,7 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
 
 async def decode_upload(data: bytes, embedding: EmbeddingService) -> NewImage:
     """Decode off the event loop; ImageDecodeError propagates to its handler (4xx)."""
-    image, model_input = await asyncio.to_thread(embedding.decode, data)
+    image, model_input = await embedding.decode_async(data)
     extension = EXTENSIONS.get(image.format or "", ".img")
     return NewImage(data, model_input, image.width, image.height, extension)
 

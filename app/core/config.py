@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(4.0, ge=0)
     max_batch: int = Field(32, ge=1)
     embed_batch_size: int = Field(32, ge=1)
+    # Under load, decoding uploads yields the cores to the model (nice value added to the
+    # decoding threads, Linux; 0 = same priority as the model).
+    decode_nice: int = Field(10, ge=0, le=19)
     threads: int | None = Field(None, ge=1, description="inference threads (default: all)")
     log_level: str = "INFO"
 

@@ -5,6 +5,11 @@ Concurrent requests put their preprocessed image in a queue; one worker takes up
 request is embedded at once; requests that arrive while a call runs pile up and go together
 in the next one (plus what arrives within ``wait_ms``). Under load, throughput approaches
 batch throughput, and a single client pays no batching delay.
+
+Uploads are decoded on a pool of their own whose threads run at a lower priority
+(``decode_nice``, Linux): the model's threads work in lock-step inside every operator, so a
+decoding thread that takes a core from one of them stalls both; at a lower priority,
+decoding fills the gaps instead.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,7 +34,7 @@ SHUTTING_DOWN = "the service is shutting down"
 
 class EmbeddingService:
     def __init__(self, embedder: Embedder, max_batch: int = 32, wait_ms: float = 4.0,
-                 max_pixels: int = 40_000_000) -> None:
+                 max_pixels: int = 40_000_000, decode_nice: int = 0) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
@@ -34,6 +42,10 @@ class EmbeddingService:
         self.draft_size = embedder.preprocessing.resize_size
         # One thread runs the model: the runtime parallelises inside each call.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        self.decode_pool = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4),
+                                              thread_name_prefix="decode",
+                                              initializer=lower_thread_priority,
+                                              initargs=(decode_nice,))
         self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
         self.worker: asyncio.Task | None = None
         self.stopping = False
@@ -46,6 +58,11 @@ class EmbeddingService:
         """Bytes -> (RGB image, model input); raises ImageDecodeError. Call off the loop."""
         image = load_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
         return image, preprocess(image, self.embedder.preprocessing)
+
+    async def decode_async(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
+        """:meth:`decode` on the decoding pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode,
+                                                                data)
 
     def embed_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Blocking batch embedding (start-up sync, enrolment of several files)."""
@@ -65,6 +82,7 @@ class EmbeddingService:
         while self.queue is not None and not self.queue.empty():
             _fail([self.queue.get_nowait()], RuntimeError(SHUTTING_DOWN))
         self.model_thread.shutdown(wait=True)
+        self.decode_pool.shutdown(wait=True)
 
     async def embed(self, model_input: np.ndarray) -> np.ndarray:
         """Embed one preprocessed image, batched with whatever else is waiting."""
@@ -114,6 +132,18 @@ class EmbeddingService:
         for (_, future), vector in zip(batch, vectors, strict=True):
             if not future.done():
                 future.set_result(vector)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread; elsewhere a
+    no-op, since other systems would apply it to the whole process)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:  # e.g. forbidden by a container's seccomp profile: not fatal
+        log.warning("could not lower the decoding threads' priority: %s", exc)
 
 
 def _fail(batch: list[tuple[np.ndarray, asyncio.Future]], error: Exception) -> None:

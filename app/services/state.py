@@ -56,7 +56,7 @@ class ServiceState:
                                threads=s.threads)
         embedder = opened.embedder
         self.embedding = EmbeddingService(embedder, s.max_batch, s.batch_wait_ms,
-                                          s.max_image_pixels)
+                                          s.max_image_pixels, s.decode_nice)
         self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
         self.store = Store(s.data_dir)
         self.gallery = Gallery(self.store, self.embedding, opened.fingerprint)
