@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     max_files_per_enroll: int = Field(32, ge=1)
     # Cosine score below which /classify answers "unknown" (see README: chosen on
     # validation data with classes the encoder never saw).
-    classify_threshold: float = Field(0.93, ge=-1.0, le=1.0)
+    classify_threshold: float = Field(0.89, ge=-1.0, le=1.0)
     # Micro-batching: under load, concurrent searches wait at most this long to share one
     # model call (a lone request never waits).
     batch_wait_ms: float = Field(4.0, ge=0)
