@@ -159,14 +159,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 
 
 def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike, device: str | torch.device = "cpu", image_size: int | None = None
 ) -> LoadedEncoder:
     """Rebuild the encoder from the file's metadata alone and load its weights (eval mode).
 
-    ``path`` may be :data:`IMAGENET` for the untrained backbone's ImageNet features.
+    ``path`` may be :data:`IMAGENET` for the untrained backbone's ImageNet features;
+    ``image_size`` views the weights at another test-time size (:func:`at_image_size`).
     """
-    if str(path) == IMAGENET:
-        return imagenet_encoder(device=device)
+    loaded = imagenet_encoder(device=device) if str(path) == IMAGENET else _rebuild(path, device)
+    return at_image_size(loaded, image_size) if image_size else loaded
+
+
+def _rebuild(path: str | os.PathLike, device: str | torch.device) -> LoadedEncoder:
     raw_meta, state = read_checkpoint(path)
     try:
         meta = CheckpointMeta.from_dict(raw_meta)

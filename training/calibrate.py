@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import at_image_size, load_checkpoint
+from models.checkpoint import load_checkpoint
 from models.inference import make_embedder
 from models.prototypes import prototypes
 from training.data import class_list, scan_image_folder
@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     unknown = args.unknown_classes
-    loaded = load_checkpoint(args.checkpoint)
-    if args.image_size:
-        loaded = at_image_size(loaded, args.image_size)
+    loaded = load_checkpoint(args.checkpoint, image_size=args.image_size)
     embedder = make_embedder(loaded, args.runtime, "cpu", cache_dir=args.cache)
 
     def embed(folder):

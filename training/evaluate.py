@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import at_image_size, load_checkpoint
+from models.checkpoint import load_checkpoint
 from models.inference import make_embedder, resolve_device
 from models.runtime import DEFAULT_CHECKPOINT, IMAGENET
 from training.data import ImageFolder, class_list, scan_image_folder
@@ -67,9 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def evaluate(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    loaded = load_checkpoint(args.checkpoint, device=device)
-    if args.image_size:
-        loaded = at_image_size(loaded, args.image_size)
+    loaded = load_checkpoint(args.checkpoint, device=device, image_size=args.image_size)
     embedder = make_embedder(loaded, args.runtime, str(device),
                              cache_dir=args.cache or Path(tempfile.gettempdir()))
 

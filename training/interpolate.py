@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import CheckpointError, at_image_size, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.encoder import Encoder, EncoderConfig, build_encoder
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         raise SystemExit("--alpha must be between 0 and 1")
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, image_size=args.image_size)
     initial_head = loaded.meta.extra.get("initial_head")
     if initial_head is None or not loaded.meta.extra.get("pretrained_backbone", True):
         raise CheckpointError(f"{args.checkpoint} does not record its starting point "
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> Path:
     fine_tuned = average([loaded.encoder, *(o.encoder for o in others)])
     start = starting_point(fine_tuned, initial_head, loaded.meta.encoder.backbone)
     encoder = interpolate(fine_tuned, start, args.alpha)
-    meta = at_image_size(loaded, args.image_size).meta if args.image_size else loaded.meta
+    meta = loaded.meta
     meta.extra = {**meta.extra, "wise_alpha": args.alpha,
                   "fine_tuned_from": [str(args.checkpoint), *args.soup] if args.soup
                   else str(args.checkpoint)}

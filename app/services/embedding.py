@@ -42,8 +42,7 @@ class EmbeddingService:
         self.draft_size = embedder.preprocessing.resize_size
         # One thread runs the model: the runtime parallelises inside each call.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="embed")
-        self.decode_pool = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4),
-                                              thread_name_prefix="decode",
+        self.decode_pool = ThreadPoolExecutor(thread_name_prefix="decode",
                                               initializer=lower_thread_priority,
                                               initargs=(decode_nice,))
         self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
