@@ -46,17 +46,34 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_embedding(loaded: LoadedEncoder, service_runtime: Embedder) -> dict:
+    """Eager fp32 PyTorch against the service's runtime, their calls alternating (after one
+    warm-up each), so that a machine whose speed drifts slows both alike."""
     size = loaded.meta.preprocessing.image_size
     eager = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing)
     eager.channels_last = False  # plain eager fp32: the reference
+    runtimes = {"eager_fp32": eager, "service": service_runtime}
     out: dict = {"service_runtime": service_runtime.name}
-    for batch in (1, 32):
+    for batch, repeats in ((1, 20), (32, 5)):
         x = torch.randn(batch, 3, size, size)
-        repeats = 20 if batch == 1 else 4
-        for name, runtime in (("eager_fp32", eager), ("service", service_runtime)):
-            seconds = timed(lambda r=runtime, x=x: r.embed_batch(x), repeats)
-            out[f"{name}_b{batch}_images_per_s"] = batch / seconds
+        times: dict[str, list[float]] = {name: [] for name in runtimes}
+        for i in range(repeats + 1):
+            for name, runtime in runtimes.items():
+                start = time.perf_counter()
+                runtime.embed_batch(x)
+                if i:
+                    times[name].append(time.perf_counter() - start)
+        for name, seconds in times.items():
+            out[f"{name}_b{batch}_images_per_s"] = batch / statistics.median(seconds)
     out["speedup_b32"] = out["service_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"]
     out["bare_single_image_ms"] = 1000 / out["service_b1_images_per_s"]
     return out
@@ -179,7 +196,7 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     requests = [search_request(query, port) for query in queries]
-    with start_service(work / "startup-data", gallery, port, checkpoint):
+    with start_service(work / "startup-data", gallery, port, checkpoint) as server:
         latencies, bare = asyncio.run(search_latencies(
             port, requests, 100, lambda: runtime.embed_batch(one)))
         latencies.sort()
@@ -187,15 +204,26 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
                   for p in (50, 95, 99)}
         result["paired_bare_call_ms"] = 1000 * statistics.median(bare)
         asyncio.run(search_throughput(port, requests, 16, 32))  # warm-up
-        b32, load, client_cpu = [], [], 0.0
+        b32, load, client_cpu, server_cpu, model_cpu = [], [], 0.0, 0.0, 0.0
         for _ in range(3):
-            b32.append(32 / timed(lambda: runtime.embed_batch(batch), 3))
             before = time.process_time()
+            b32.append(32 / timed(lambda: runtime.embed_batch(batch), 3))
+            model_cpu += time.process_time() - before
+            before, server_before = time.process_time(), process_cpu_s(server.pid)
             load.append(asyncio.run(search_throughput(port, requests, 16, 160)))
             client_cpu += time.process_time() - before
+            server_after = process_cpu_s(server.pid)
+            if server_before is not None and server_after is not None:
+                server_cpu += server_after - server_before
         result["paired_b32_images_per_s"] = statistics.median(b32)
         result["throughput_16_clients_per_s"] = statistics.median(load)
         result["client_cpu_ms_per_request"] = client_cpu * 1000 / (3 * 160)
+        # Where the CPU goes under load: the model's own CPU per image (batch 32, 4 timed
+        # calls a round incl. warm-up) against everything the service and the client spend
+        # per request. Their ratio bounds the load ratio on a CPU-bound machine.
+        result["model_cpu_ms_per_image"] = model_cpu * 1000 / (3 * 4 * 32)
+        if server_cpu:
+            result["server_cpu_ms_per_request"] = server_cpu * 1000 / (3 * 160)
         # Enrolment latency as the gallery grows.
         with httpx.Client(base_url=url, timeout=60) as client:
             latencies = []
@@ -323,6 +351,7 @@ def markdown(results: dict) -> str:
         f"{s.get('client_cpu_ms_per_request', float('nan')):.2f} | | |",
         f"| 16-client throughput / best batch throughput | {results['load_ratio']:.2f} | >= 0.8 | "
         f"{_ok(results['load_ratio'] >= 0.8)} |",
+        *cpu_rows(s),
         f"| start-up to ready, {st['gallery_items']} photos: first / restart (s) | "
         f"{st['first_start_s']:.1f} / {st['restart_s']:.1f} | | |",
         f"| restart speed-up | {st['restart_speedup']:.1f}x | >= 10x | "
@@ -341,6 +370,22 @@ def markdown(results: dict) -> str:
                f"{_ok(f['hnsw_speedup'] >= 20 and f['hnsw_recall@5'] >= 0.95)} |"
                if f["n"] >= 1_000_000 else "| |"))
     return "\n".join(lines) + "\n"
+
+
+def cpu_rows(s: dict) -> list[str]:
+    """The CPU accounting of the 16-client rounds (Linux: read from /proc)."""
+    if "server_cpu_ms_per_request" not in s:
+        return []
+    spent = s["server_cpu_ms_per_request"] + s["client_cpu_ms_per_request"]
+    cores = os.cpu_count() or 1
+    busy = spent * s["throughput_16_clients_per_s"] / 1000
+    return [
+        f"| CPU per request at 16 clients: service + load generator / the model's share "
+        f"(batch 32) (ms) | {spent:.1f} / {s['model_cpu_ms_per_image']:.1f} | | |",
+        f"| CPU-bound ceiling of the load ratio (model CPU / all CPU per request) | "
+        f"{s['model_cpu_ms_per_image'] / spent:.2f} | | |",
+        f"| cores busy during the 16-client rounds | {busy:.2f} of {cores} | | |",
+    ]
 
 
 def _ok(flag: bool) -> str:

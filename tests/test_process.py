@@ -8,6 +8,8 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -123,3 +125,61 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
         assert asyncio.run(search_throughput(port, requests, 3, 9)) > 0
         with pytest.raises(RuntimeError, match="400"):
             asyncio.run(one(search_request(b"not an image", port)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_bench_cpu_accounting():
+    """The bench reads a process's CPU time from /proc and turns the 16-client rounds into
+    a ceiling: the model's CPU per image over all CPU spent per request."""
+    from bench.run import cpu_rows, process_cpu_s
+
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nend = time.process_time() + 0.5\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        first = process_cpu_s(child.pid)
+        deadline = time.time() + 20
+        while (process_cpu_s(child.pid) or 0) < 0.48 and time.time() < deadline:
+            time.sleep(0.05)
+        used = process_cpu_s(child.pid)
+        time.sleep(0.3)  # now asleep: no more CPU
+        assert first is not None and used is not None and used >= 0.48
+        assert process_cpu_s(child.pid) - used < 0.05
+    finally:
+        child.kill()
+        child.wait()
+    assert process_cpu_s(2**22 + 12345) is None  # no such process
+    rows = cpu_rows({"server_cpu_ms_per_request": 27.0, "client_cpu_ms_per_request": 3.0,
+                     "model_cpu_ms_per_image": 24.0, "throughput_16_clients_per_s": 60.0})
+    assert "30.0 / 24.0" in rows[0] and "| 0.80 |" in rows[1]
+    assert f"| 1.80 of {os.cpu_count()} |" in rows[2]
+    assert cpu_rows({"client_cpu_ms_per_request": 0.2}) == []
+
+
+def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkeypatch):
+    import bench.run
+    from models.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(tiny_checkpoint)
+    calls = []
+    eager_call = bench.run.TorchEmbedder.embed_batch
+
+    def recording_eager(self, batch):
+        calls.append(("eager", len(batch)))
+        return eager_call(self, batch)
+
+    class Recording:
+        name = "recording"
+
+        def embed_batch(self, batch):
+            calls.append(("service", len(batch)))
+            time.sleep(0.001 * len(batch))  # 1 ms an image: ~1,000 images/s
+
+    monkeypatch.setattr(bench.run.TorchEmbedder, "embed_batch", recording_eager)
+    out = bench.run.bench_embedding(loaded, Recording())
+    # A warm-up and then the timed calls per batch size, eager and service taking turns.
+    assert calls == [("eager", 1), ("service", 1)] * 21 + [("eager", 32), ("service", 32)] * 6
+    assert 200 < out["service_b32_images_per_s"] < 1001
+    assert out["speedup_b32"] == pytest.approx(
+        out["service_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"])
+    assert out["bare_single_image_ms"] == pytest.approx(1000 / out["service_b1_images_per_s"])
