@@ -20,6 +20,7 @@ then their mean.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,27 +37,22 @@ def starting_point(fine_tuned: Encoder, initial_head: dict[str, torch.Tensor],
 
 
 def interpolate(fine_tuned: Encoder, start: Encoder, alpha: float) -> Encoder:
-    """In place on ``fine_tuned``: floating tensors (weights, BatchNorm statistics) are
-    interpolated; integer buffers (batch counters) are kept."""
-    start_state = start.state_dict()
-    mixed = {}
-    for key, value in fine_tuned.state_dict().items():
-        if value.is_floating_point():
-            base = start_state[key].to(value)
-            mixed[key] = base + alpha * (value - base)
-        else:
-            mixed[key] = value
-    fine_tuned.load_state_dict(mixed)
-    return fine_tuned
+    """In place on ``fine_tuned``: ``start + alpha * (fine_tuned - start)``."""
+    return combine([fine_tuned, start], lambda tuned, base: base + alpha * (tuned - base))
 
 
 def average(encoders: list[Encoder]) -> Encoder:
-    """In place on the first: the mean of the floating tensors of all (a model soup);
-    integer buffers are the first one's."""
+    """In place on the first: the mean of all (a model soup)."""
+    return combine(encoders, lambda *tensors: sum(tensors) / len(tensors))
+
+
+def combine(encoders: list[Encoder], mix: Callable[..., torch.Tensor]) -> Encoder:
+    """In place on the first: each floating tensor (weights, BatchNorm statistics) becomes
+    ``mix`` of the encoders' tensors; integer buffers (batch counters) stay the first one's."""
     states = [e.state_dict() for e in encoders]
-    mean = {key: sum(s[key] for s in states) / len(states) if value.is_floating_point()
-            else value for key, value in states[0].items()}
-    encoders[0].load_state_dict(mean)
+    mixed = {key: mix(*(s[key].to(value) for s in states)) if value.is_floating_point()
+             else value for key, value in states[0].items()}
+    encoders[0].load_state_dict(mixed)
     return encoders[0]
 
 
