@@ -83,6 +83,9 @@ class Readiness(BaseModel):
     checkpoint: str | None = None
     runtime: str | None = None
     device: str | None = None
+    model_lanes: int | None = Field(
+        None, description="single-threaded model calls side by side under load (0: one "
+                          "call on all threads)")
     gallery_items: int | None = None
 
 

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,26 +56,58 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_embedding(loaded: LoadedEncoder, service_runtime: Embedder) -> dict:
-    """Eager fp32 PyTorch against the service's runtime, their calls alternating (after one
-    warm-up each), so that a machine whose speed drifts slows both alike."""
+class SideBySide:
+    """The service's lanes under load as one runtime: a batch split among single-threaded
+    calls of ``embedder`` made at the same time, one per lane."""
+
+    def __init__(self, embedder: Embedder, lanes: int) -> None:
+        self.embedder, self.lanes = embedder, lanes
+        self.pool = ThreadPoolExecutor(lanes)
+
+    def embed_batch(self, batch) -> np.ndarray:
+        parts = np.array_split(np.asarray(batch), self.lanes)
+        return np.concatenate(list(self.pool.map(self.embedder.embed_batch, parts)))
+
+
+def service_lanes(runtime: Embedder) -> SideBySide | None:
+    """The lanes the service runs under load with this runtime (ONNX Runtime on a CPU with
+    more than one core; see app.services.embedding), or None."""
+    cores = os.cpu_count() or 1
+    single_threaded = getattr(runtime, "single_threaded", None)
+    return SideBySide(single_threaded(), cores) if single_threaded and cores > 1 else None
+
+
+def bench_embedding(loaded: LoadedEncoder, service_runtime: Embedder,
+                    lanes: SideBySide | None = None) -> dict:
+    """Eager fp32 PyTorch against the service's runtime (and its lanes at batch 32) in
+    alternating blocks of calls, so that a drifting machine slows all alike. Each block
+    starts with an untimed call: the runtime that ran before may still hold the cores
+    (PyTorch's OpenMP threads spin for a while after a call) and the caches."""
     size = loaded.meta.preprocessing.image_size
     eager = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing)
     eager.channels_last = False  # plain eager fp32: the reference
-    runtimes = {"eager_fp32": eager, "service": service_runtime}
-    out: dict = {"service_runtime": service_runtime.name}
-    for batch, repeats in ((1, 20), (32, 5)):
+    out: dict = {"service_runtime": service_runtime.name, "lanes": lanes.lanes if lanes else 0}
+    for batch, blocks, per_block in ((1, 5, 4), (32, 4, 2)):
         x = torch.randn(batch, 3, size, size)
-        times: dict[str, list[float]] = {name: [] for name in runtimes}
-        for i in range(repeats + 1):
-            for name, runtime in runtimes.items():
-                start = time.perf_counter()
-                runtime.embed_batch(x)
-                if i:
+        # (runtime, input): at batch 1 the lanes each take one image, all at once.
+        runs: dict[str, tuple[Embedder | SideBySide, torch.Tensor]] = {
+            "eager_fp32": (eager, x), "service": (service_runtime, x)}
+        if lanes:
+            runs["lanes"] = (lanes, x if batch > 1 else torch.randn(lanes.lanes, 3, size, size))
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(blocks):
+            for name, (runtime, inputs) in runs.items():
+                runtime.embed_batch(inputs)
+                for _ in range(per_block):
+                    start = time.perf_counter()
+                    runtime.embed_batch(inputs)
                     times[name].append(time.perf_counter() - start)
         for name, seconds in times.items():
-            out[f"{name}_b{batch}_images_per_s"] = batch / statistics.median(seconds)
-    out["speedup_b32"] = out["service_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"]
+            out[f"{name}_b{batch}_images_per_s"] = len(runs[name][1]) / statistics.median(seconds)
+    # Under load the service embeds its batches in lanes where it has them.
+    out["speedup_b32"] = max(out["service_b32_images_per_s"],
+                             out.get("lanes_b32_images_per_s", 0.0)) / out[
+        "eager_fp32_b32_images_per_s"]
     out["bare_single_image_ms"] = 1000 / out["service_b1_images_per_s"]
     return out
 
@@ -186,10 +219,11 @@ async def search_throughput(port: int, requests: list[bytes], clients: int,
 
 
 def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes],
-                 runtime: Embedder) -> dict:
+                 runtime: Embedder, lanes: SideBySide | None = None) -> dict:
     """/search over HTTP, each number next to the bare model measured in the same minutes:
     blocks of bare single-image calls alternate with blocks of requests, and batch-32
-    throughput is timed before each of three rounds of load (medians)."""
+    throughput (the better of one call and the lanes) is timed before each of three rounds
+    of load (medians)."""
     size = runtime.preprocessing.image_size
     one, batch = np.zeros((1, 3, size, size), np.float32), np.zeros((32, 3, size, size),
                                                                     np.float32)
@@ -206,9 +240,14 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
         asyncio.run(search_throughput(port, requests, 16, 32))  # warm-up
         b32, load, client_cpu, server_cpu, model_cpu = [], [], 0.0, 0.0, 0.0
         for _ in range(3):
-            before = time.process_time()
-            b32.append(32 / timed(lambda: runtime.embed_batch(batch), 3))
-            model_cpu += time.process_time() - before
+            best_b32, best_cpu = 0.0, 0.0
+            for model in filter(None, (runtime, lanes)):
+                before = time.process_time()
+                images_per_s = 32 / timed(lambda m=model: m.embed_batch(batch), 3)
+                if images_per_s > best_b32:
+                    best_b32, best_cpu = images_per_s, time.process_time() - before
+            b32.append(best_b32)
+            model_cpu += best_cpu
             before, server_before = time.process_time(), process_cpu_s(server.pid)
             load.append(asyncio.run(search_throughput(port, requests, 16, 160)))
             client_cpu += time.process_time() - before
@@ -336,7 +375,13 @@ def markdown(results: dict) -> str:
         f"{e['eager_fp32_b32_images_per_s']:.1f} | | |",
         f"| service runtime ({e['service_runtime']}), batch 1 / 32 (img/s) | "
         f"{e['service_b1_images_per_s']:.1f} / {e['service_b32_images_per_s']:.1f} | | |",
-        f"| service / eager at batch 32 | {e['speedup_b32']:.2f}x | >= 3.5x | "
+        *([f"| service runtime, {e['lanes']} single-threaded lanes side by side, one image "
+           f"each / batch 32 in all (img/s; the first is in no denominator, see README) | "
+           f"{e['lanes_b1_images_per_s']:.1f} / "
+           f"{e['lanes_b32_images_per_s']:.1f} | | |"]
+          if e.get("lanes") else []),
+        f"| service (one call or the lanes, the faster) / eager at batch 32 | "
+        f"{e['speedup_b32']:.2f}x | >= 3.5x | "
         f"{_ok(e['speedup_b32'] >= 3.5)} |",
         f"| /search p50 / p95 / p99, 1 client (ms) | {s['p50_ms']:.1f} / {s['p95_ms']:.1f} / "
         f"{s['p99_ms']:.1f} | | |",
@@ -345,11 +390,13 @@ def markdown(results: dict) -> str:
         f"| /search p50 / bare call | {s['p50_ms'] / bare_ms:.2f}x | <= 1.5x | "
         f"{_ok(s['p50_ms'] / bare_ms <= 1.5)} |",
         f"| /search throughput, 16 clients (req/s) | {s['throughput_16_clients_per_s']:.1f} | | |",
-        f"| model at batch 32, measured just before the 16 clients (img/s) | "
+        f"| model at batch 32 (one call or the lanes, the faster), measured just before the "
+        f"16 clients (img/s) | "
         f"{s.get('paired_b32_images_per_s', float('nan')):.1f} | | |",
         f"| load generator's CPU per request (ms) | "
         f"{s.get('client_cpu_ms_per_request', float('nan')):.2f} | | |",
-        f"| 16-client throughput / best batch throughput | {results['load_ratio']:.2f} | >= 0.8 | "
+        f"| 16-client throughput / best batch throughput of the same minutes (batch 32 before "
+        f"each round, or the bare call) | {results['load_ratio']:.2f} | >= 0.8 | "
         f"{_ok(results['load_ratio'] >= 0.8)} |",
         *cpu_rows(s),
         f"| start-up to ready, {st['gallery_items']} photos: first / restart (s) | "
@@ -370,6 +417,14 @@ def markdown(results: dict) -> str:
                f"{_ok(f['hnsw_speedup'] >= 20 and f['hnsw_recall@5'] >= 0.95)} |"
                if f["n"] >= 1_000_000 else "| |"))
     return "\n".join(lines) + "\n"
+
+
+def load_ratio(search: dict) -> float:
+    """16-client throughput over the best batch throughput measured in the same minutes:
+    batch 32 (one call or the lanes, the faster) timed before each round of load, or the
+    bare single-image call timed between the blocks of requests."""
+    best = max(search["paired_b32_images_per_s"], 1000 / search["paired_bare_call_ms"])
+    return search["throughput_16_clients_per_s"] / best
 
 
 def cpu_rows(s: dict) -> list[str]:
@@ -420,23 +475,19 @@ def main(argv: list[str] | None = None) -> dict:
         if {"embedding", "search"} - skip:  # both measure the service's runtime
             loaded = load_checkpoint(args.checkpoint)
             service_runtime = make_embedder(loaded, "auto", "auto", cache_dir=work)
+            lanes = service_lanes(service_runtime)
         if "embedding" not in skip:
             print("embedding throughput ...", flush=True)
-            results["embedding"] = bench_embedding(loaded, service_runtime)
+            results["embedding"] = bench_embedding(loaded, service_runtime, lanes)
         if "startup" not in skip:
             print("start-up: first start and restart ...", flush=True)
             results["startup"] = bench_startup(args.gallery, args.checkpoint, work)
         if "search" not in skip:
             print("/search latency and throughput, enrolment ...", flush=True)
             results["search"] = bench_search(args.gallery, args.checkpoint, work, queries,
-                                             service_runtime)
-        if "embedding" in results and "search" in results:
-            # The best of the model's throughputs measured in this run (the largest
-            # denominator: the conservative ratio).
-            best = max(results["embedding"]["service_b1_images_per_s"],
-                       results["embedding"]["service_b32_images_per_s"],
-                       results["search"].get("paired_b32_images_per_s", 0.0))
-            results["load_ratio"] = results["search"]["throughput_16_clients_per_s"] / best
+                                             service_runtime, lanes)
+        if "search" in results:
+            results["load_ratio"] = load_ratio(results["search"])
         if "faiss" not in skip:
             print("FAISS flat vs HNSW ...", flush=True)
             results["faiss"] = bench_faiss({

@@ -112,6 +112,12 @@ class OnnxEmbedder:
             json.loads(meta[f"{_META_PREFIX}preprocessing"]))
         self.dim = int(meta[f"{_META_PREFIX}embedding_dim"])
         self.input_name = self.session.get_inputs()[0].name
+        self.path = Path(onnx_path)
+
+    def single_threaded(self) -> OnnxEmbedder:
+        """Another session of the same export on one thread, which several threads may run
+        at once: parallel batches instead of threads working in lock-step on one."""
+        return OnnxEmbedder(self.path, threads=1)
 
     def embed_batch(self, batch: Any) -> np.ndarray:
         inputs = np.ascontiguousarray(batch, dtype=np.float32)

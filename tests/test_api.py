@@ -1,4 +1,5 @@
 import io
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,8 @@ def test_health_readiness_and_openapi(client):
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["gallery_items"] == 12
     assert ready["runtime"] == "onnx" and ready["device"] == "cpu"
+    cores = os.cpu_count() or 1
+    assert ready["model_lanes"] == (cores if cores > 1 else 0)
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/enroll", "/classify", "/labels", "/items", "/items/{item_id}",
             "/items/{item_id}/image", "/labels/{label}", "/metrics"} <= set(paths)
@@ -338,6 +341,24 @@ def test_concurrent_searches_and_enrolments(client):
         assert [f.result() for f in searches] == [200] * 24
         assert [f.result() for f in adds] == [201] * 12
     assert client.get("/readyz").json()["gallery_items"] == 24
+
+
+@pytest.mark.parametrize("lanes", [0, 3])
+def test_concurrent_searches_get_their_own_answers(tiny_checkpoint, gallery_dir, tmp_path,
+                                                    lanes):
+    """With MODEL_LANES=3 the waiting searches go to three single-threaded model calls side
+    by side; with 0, to one call on all threads. Either way each gets its own answer."""
+    colours = ["red", "blue"] * 8
+
+    with running(tiny_checkpoint, tmp_path / "data", gallery_dir, model_lanes=lanes) as c:
+        assert c.get("/readyz").json()["model_lanes"] == lanes
+
+        def top_label(i: int) -> str:
+            body = c.post("/search", files=upload(photo(colours[i], 3000 + i))).json()
+            return body["results"][0]["label"]
+
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(top_label, range(len(colours)))) == colours
 
 
 def test_metrics_are_prometheus_text(client):

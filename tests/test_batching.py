@@ -85,6 +85,59 @@ def test_a_failing_batch_fails_its_requests_not_the_worker():
     assert float(asyncio.run(scenario())[0]) == 1.0
 
 
+class LaneEmbedder(RecordingEmbedder):
+    """Also records how many of its calls ran at the same time."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        super().__init__(delay)
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            return super().embed_batch(batch)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_under_load_batches_share_out_among_lanes_side_by_side():
+    main, lanes = RecordingEmbedder(), LaneEmbedder()
+
+    async def scenario():
+        service = EmbeddingService(main, max_batch=32, wait_ms=1, lane_embedder=lanes, lanes=2)
+        await service.start()
+        try:
+            inputs = [np.full((3, 8, 8), float(i), np.float32) for i in range(20)]
+            return await asyncio.gather(*(service.embed(x) for x in inputs))
+        finally:
+            await service.stop()
+
+    results = asyncio.run(scenario())
+    assert [float(r[0]) for r in results] == [float(i) for i in range(20)]
+    assert lanes.batches == [10, 10] and lanes.peak == 2  # halves, at the same time
+    assert main.batches == []
+
+
+def test_a_lone_request_on_an_idle_service_gets_the_all_core_call():
+    main, lanes = RecordingEmbedder(delay=0), LaneEmbedder(delay=0)
+
+    async def scenario():
+        service = EmbeddingService(main, lane_embedder=lanes, lanes=2)
+        await service.start()
+        try:
+            for i in range(3):  # one after another: never more than one waiting
+                assert float((await service.embed(np.full((3, 8, 8), i, np.float32)))[0]) == i
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())
+    assert main.batches == [1, 1, 1] and lanes.batches == []
+
+
 def test_read_write_lock_lets_readers_share_and_writers_exclude():
     lock = ReadWriteLock()
     inside, peak, log = 0, 0, []
@@ -116,15 +169,17 @@ def test_read_write_lock_lets_readers_share_and_writers_exclude():
     assert log == [("writer", 0)]  # the writer ran alone
 
 
-def test_stopping_with_requests_waiting_fails_them_instead_of_hanging():
+@pytest.mark.parametrize("lanes", [0, 2])
+def test_stopping_with_requests_waiting_fails_them_instead_of_hanging(lanes):
     embedder = RecordingEmbedder(delay=0.05)
 
     async def scenario():
-        service = EmbeddingService(embedder, max_batch=2, wait_ms=1)
+        service = EmbeddingService(embedder, max_batch=2, wait_ms=1,
+                                   lane_embedder=LaneEmbedder(0.05), lanes=lanes)
         await service.start()
         tasks = [asyncio.create_task(service.embed(np.full((3, 8, 8), i, np.float32)))
                  for i in range(10)]
-        await asyncio.sleep(0.08)  # one batch done, the next in flight, the rest queued
+        await asyncio.sleep(0.08)  # a batch or two done, more in flight, the rest queued
         await asyncio.wait_for(service.stop(), 5)
         return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
 

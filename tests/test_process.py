@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.helpers import (
@@ -156,6 +157,15 @@ def test_bench_cpu_accounting():
     assert cpu_rows({"client_cpu_ms_per_request": 0.2}) == []
 
 
+def test_bench_load_ratio_divides_by_the_best_batch_throughput_of_the_same_minutes():
+    from bench.run import load_ratio
+
+    search = {"throughput_16_clients_per_s": 60.0, "paired_b32_images_per_s": 80.0,
+              "paired_bare_call_ms": 20.0}  # the bare call: 50 images/s
+    assert load_ratio(search) == pytest.approx(0.75)
+    assert load_ratio({**search, "paired_bare_call_ms": 10.0}) == pytest.approx(0.6)
+
+
 def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkeypatch):
     import bench.run
     from models.checkpoint import load_checkpoint
@@ -171,15 +181,25 @@ def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkey
     class Recording:
         name = "recording"
 
+        def __init__(self, kind: str = "service") -> None:
+            self.kind = kind
+
         def embed_batch(self, batch):
-            calls.append(("service", len(batch)))
+            calls.append((self.kind, len(batch)))
             time.sleep(0.001 * len(batch))  # 1 ms an image: ~1,000 images/s
+            return np.zeros((len(batch), 4), np.float32)
 
     monkeypatch.setattr(bench.run.TorchEmbedder, "embed_batch", recording_eager)
-    out = bench.run.bench_embedding(loaded, Recording())
-    # A warm-up and then the timed calls per batch size, eager and service taking turns.
-    assert calls == [("eager", 1), ("service", 1)] * 21 + [("eager", 32), ("service", 32)] * 6
+    out = bench.run.bench_embedding(loaded, Recording(),
+                                    bench.run.SideBySide(Recording("lane"), 2))
+    # The runtimes take turns in blocks (an untimed call, then the timed ones); the lanes
+    # split each batch in two calls made at once (at batch 1: one image each).
+    assert calls == ([("eager", 1)] * 5 + [("service", 1)] * 5 + [("lane", 1)] * 10) * 5 + (
+        [("eager", 32)] * 3 + [("service", 32)] * 3 + [("lane", 16)] * 6) * 4
+    # Two 1-ms calls at once: about twice the images per second of one.
+    assert out["lanes_b1_images_per_s"] > 1.3 * out["service_b1_images_per_s"]
     assert 200 < out["service_b32_images_per_s"] < 1001
-    assert out["speedup_b32"] == pytest.approx(
-        out["service_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"])
+    assert out["lanes"] == 2 and out["lanes_b32_images_per_s"] > out["service_b32_images_per_s"]
+    assert out["speedup_b32"] == pytest.approx(  # the lanes are the faster here
+        out["lanes_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"])
     assert out["bare_single_image_ms"] == pytest.approx(1000 / out["service_b1_images_per_s"])

@@ -63,6 +63,18 @@ def test_runtime_choice(tiny_checkpoint, tmp_path):
         assert make_embedder(loaded, "auto", "auto", cache_dir=tmp_path).name == "onnx"
 
 
+def test_single_threaded_lane_session_gives_the_same_embeddings(tiny_checkpoint, tmp_path):
+    """The service's lanes: a second session of the same export on one thread."""
+    loaded = load_checkpoint(tiny_checkpoint)
+    main = make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
+    lane = main.single_threaded()
+    assert lane.session.get_session_options().intra_op_num_threads == 1
+    assert lane.fingerprint == main.fingerprint and lane.preprocessing == main.preprocessing
+    size = main.preprocessing.image_size
+    batch = np.random.default_rng(0).normal(size=(3, 3, size, size)).astype(np.float32)
+    np.testing.assert_allclose(lane.embed_batch(batch), main.embed_batch(batch), atol=1e-5)
+
+
 def test_cached_export_serves_without_importing_torch(tiny_checkpoint, tmp_path):
     """A restart on CPU opens the cached ONNX export and never imports torch (seconds)."""
     first = open_embedder(tiny_checkpoint, "auto", "cpu", cache_dir=tmp_path)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Under load, decoding uploads yields the cores to the model (nice value added to the
     # decoding threads, Linux; 0 = same priority as the model).
     decode_nice: int = Field(10, ge=0, le=19)
+    # ONNX Runtime on the CPU: under load, this many single-threaded model calls side by
+    # side (default: one per inference thread; 0 or 1 = one call on all threads).
+    model_lanes: int | None = Field(None, ge=0)
     threads: int | None = Field(None, ge=1, description="inference threads (default: all)")
     log_level: str = "INFO"
 

@@ -6,6 +6,12 @@ request is embedded at once; requests that arrive while a call runs pile up and 
 in the next one (plus what arrives within ``wait_ms``). Under load, throughput approaches
 batch throughput, and a single client pays no batching delay.
 
+On a CPU, batches under load go to ``lanes``: single-threaded model calls side by side, one
+per core (``lane_embedder``), while a lone request on an idle service still gets every core
+in one call. The threads of one call work in lock-step inside every operator, so whatever
+takes a core from one of them (decoding, HTTP) stalls them all; a lane that loses its core
+stalls only itself (16-client throughput +9% in A/B runs, README).
+
 Uploads are decoded on a pool of their own whose threads run at a lower priority
 (``decode_nice``, Linux): the model's threads work in lock-step inside every operator, so a
 decoding thread that takes a core from one of them stalls both; at a lower priority,
@@ -34,8 +40,16 @@ SHUTTING_DOWN = "the service is shutting down"
 
 class EmbeddingService:
     def __init__(self, embedder: Embedder, max_batch: int = 32, wait_ms: float = 4.0,
-                 max_pixels: int = 40_000_000, decode_nice: int = 0) -> None:
+                 max_pixels: int = 40_000_000, decode_nice: int = 0,
+                 lane_embedder: Embedder | None = None, lanes: int = 0) -> None:
         self.embedder = embedder
+        # Lanes: ``lane_embedder`` runs on one thread and may be called from several at once.
+        self.lane_embedder = lane_embedder if lanes > 1 else None
+        self.lanes = lanes if self.lane_embedder else 0
+        self.lane_threads = ThreadPoolExecutor(max(1, self.lanes), thread_name_prefix="lane")
+        self.busy_lanes = 0
+        self.lane_freed: asyncio.Event | None = None
+        self.in_flight: set[asyncio.Task] = set()
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.max_pixels = max_pixels
@@ -69,6 +83,7 @@ class EmbeddingService:
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
+        self.lane_freed = asyncio.Event()
         self.worker = asyncio.create_task(self._run(), name="embedding-batcher")
 
     async def stop(self) -> None:
@@ -78,9 +93,14 @@ class EmbeddingService:
             self.worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.worker
+        for task in list(self.in_flight):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         while self.queue is not None and not self.queue.empty():
             _fail([self.queue.get_nowait()], RuntimeError(SHUTTING_DOWN))
         self.model_thread.shutdown(wait=True)
+        self.lane_threads.shutdown(wait=True)
         self.decode_pool.shutdown(wait=True)
 
     async def embed(self, model_input: np.ndarray) -> np.ndarray:
@@ -94,20 +114,44 @@ class EmbeddingService:
         # The flag, not only the cancellation, ends the loop: before Python 3.12,
         # asyncio.wait_for can swallow a cancellation that arrives as its inner get succeeds.
         while not self.stopping:
-            await self._embed_batch(await self._next_batch())
+            if not self.lanes:
+                await self._embed_batch(await self._next_batch())
+                continue
+            assert self.lane_freed is not None and self.queue is not None
+            while self.busy_lanes == self.lanes:
+                self.lane_freed.clear()
+                await self.lane_freed.wait()
+            batch = await self._next_batch(share=self.lanes - self.busy_lanes)
+            if len(batch) == 1 and self.busy_lanes == 0 and self.queue.empty():
+                await self._embed_batch(batch)  # a lone request: every core on it
+                continue
+            self.busy_lanes += 1
+            task = asyncio.create_task(self._embed_batch(batch, in_lane=True))
+            self.in_flight.add(task)
+            task.add_done_callback(self._lane_done)
 
-    async def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
-        """Everything waiting, up to max. A lone request goes at once (no added latency);
-        when others are already waiting (load), what arrives within the window joins too."""
+    def _lane_done(self, task: asyncio.Task) -> None:
+        self.in_flight.discard(task)
+        self.busy_lanes -= 1
+        assert self.lane_freed is not None
+        self.lane_freed.set()
+
+    async def _next_batch(self, share: int = 1) -> list[tuple[np.ndarray, asyncio.Future]]:
+        """Everything waiting, up to max (or its ``share`` among that many free lanes). A
+        lone request goes at once (no added latency); when others are already waiting
+        (load), what arrives within the window joins too."""
         assert self.queue is not None
         loop = asyncio.get_running_loop()
         batch = [await self.queue.get()]
-        while len(batch) < self.max_batch and not self.queue.empty():
+        limit = self.max_batch
+        if share > 1:  # what waits now is shared out among the free lanes (ceil)
+            limit = min(limit, -(-(1 + self.queue.qsize()) // share))
+        while len(batch) < limit and not self.queue.empty():
             batch.append(self.queue.get_nowait())
         if len(batch) == 1:
             return batch
         deadline = loop.time() + self.wait_s
-        while len(batch) < self.max_batch:
+        while len(batch) < limit:
             timeout = deadline - loop.time()
             try:
                 batch.append(self.queue.get_nowait() if timeout <= 0 else
@@ -116,11 +160,15 @@ class EmbeddingService:
                 break
         return batch
 
-    async def _embed_batch(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+    async def _embed_batch(self, batch: list[tuple[np.ndarray, asyncio.Future]],
+                           in_lane: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        inputs = [model_input for model_input, _ in batch]
+        embedder = self.lane_embedder if in_lane and self.lane_embedder else self.embedder
         try:
             vectors = await loop.run_in_executor(
-                self.model_thread, self.embed_inputs, [model_input for model_input, _ in batch])
+                self.lane_threads if in_lane else self.model_thread,
+                lambda: embedder.embed_batch(np.stack(inputs)))
         except asyncio.CancelledError:  # stopped mid-call: its requests must not hang
             _fail(batch, RuntimeError(SHUTTING_DOWN))
             raise

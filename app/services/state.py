@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.services.store import Store
-from models.runtime import open_embedder
+from models.runtime import OnnxEmbedder, open_embedder
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,19 @@ class ServiceState:
         opened = open_embedder(s.checkpoint, s.runtime, s.device, cache_dir=s.data_dir / "onnx",
                                threads=s.threads)
         embedder = opened.embedder
+        # ONNX Runtime on the CPU: under load, one single-threaded lane per core.
+        lanes = s.model_lanes if s.model_lanes is not None else s.threads or os.cpu_count() or 1
+        lane_embedder = (embedder.single_threaded()
+                         if isinstance(embedder, OnnxEmbedder) and lanes > 1 else None)
         self.embedding = EmbeddingService(embedder, s.max_batch, s.batch_wait_ms,
-                                          s.max_image_pixels, s.decode_nice)
+                                          s.max_image_pixels, s.decode_nice, lane_embedder,
+                                          lanes)
         self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
         self.store = Store(s.data_dir)
         self.gallery = Gallery(self.store, self.embedding, opened.fingerprint)
-        log.info("loaded %s (fingerprint %s) on %s with runtime %s", s.checkpoint,
-                 opened.fingerprint, opened.device, embedder.name)
+        log.info("loaded %s (fingerprint %s) on %s with runtime %s, %d model lanes under load",
+                 s.checkpoint, opened.fingerprint, opened.device, embedder.name,
+                 self.embedding.lanes)
 
     def _load_gallery(self) -> dict[str, int]:
         assert self.gallery is not None

@@ -25,6 +25,7 @@ def readyz(state: StateDep, response: Response) -> Readiness:
         checkpoint=state.checkpoint,
         runtime=state.runtime,
         device=state.device,
+        model_lanes=state.embedding.lanes if state.embedding else None,
         gallery_items=len(state.gallery) if state.ready and state.gallery else None,
     )
 
