@@ -57,7 +57,7 @@ class ServiceState:
                                threads=s.threads)
         embedder = opened.embedder
         # ONNX Runtime on the CPU: under load, one single-threaded lane per core.
-        lanes = s.model_lanes if s.model_lanes is not None else s.threads or os.cpu_count() or 1
+        lanes = s.model_lanes if s.model_lanes is not None else s.threads or usable_cpus()
         lane_embedder = (embedder.single_threaded()
                          if isinstance(embedder, OnnxEmbedder) and lanes > 1 else None)
         self.embedding = EmbeddingService(embedder, s.max_batch, s.batch_wait_ms,
@@ -82,3 +82,10 @@ class ServiceState:
             await self.embedding.stop()
         if self.store is not None:
             self.store.close()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the whole host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
