@@ -6,16 +6,14 @@ request is embedded at once; requests that arrive while a call runs pile up and 
 in the next one (plus what arrives within ``wait_ms``). Under load, throughput approaches
 batch throughput, and a single client pays no batching delay.
 
-On a CPU, batches under load go to ``lanes``: single-threaded model calls side by side, one
-per core (``lane_embedder``), while a lone request on an idle service still gets every core
-in one call. The threads of one call work in lock-step inside every operator, so whatever
-takes a core from one of them (decoding, HTTP) stalls them all; a lane that loses its core
-stalls only itself (16-client throughput +9% in A/B runs, README).
-
-Uploads are decoded on a pool of their own whose threads run at a lower priority
-(``decode_nice``, Linux): the model's threads work in lock-step inside every operator, so a
-decoding thread that takes a core from one of them stalls both; at a lower priority,
-decoding fills the gaps instead.
+The threads of one model call work in lock-step inside every operator, so whatever takes
+a core from one of them (decoding, HTTP, another tenant of the machine) stalls them all.
+Hence, on a CPU, batches under load go to ``lanes``: single-threaded model calls side by
+side, one per core (``lane_embedder``), and a lane that loses its core stalls only itself
+(16-client throughput +9-11% in A/B runs, README); a lone request on an idle service still
+gets every core in one call. Hence also, uploads are decoded on a pool of their own whose
+threads run at a lower priority (``decode_nice``, Linux), so that decoding fills the gaps
+instead of taking cores from the model.
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ class EmbeddingService:
         self.wait_s = wait_ms / 1000
         self.max_pixels = max_pixels
         self.draft_size = embedder.preprocessing.resize_size
-        # One thread runs the model: the runtime parallelises inside each call.
+        # One thread makes the all-core calls: the runtime parallelises inside each.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="embed")
         self.decode_pool = ThreadPoolExecutor(thread_name_prefix="decode",
                                               initializer=lower_thread_priority,
