@@ -30,7 +30,7 @@ import torch
 
 from models.checkpoint import LoadedEncoder, load_checkpoint
 from models.inference import TorchEmbedder, make_embedder
-from models.runtime import DEFAULT_CHECKPOINT, Embedder
+from models.runtime import DEFAULT_CHECKPOINT, Embedder, usable_cpus
 from tests.helpers import free_port, service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ class SideBySide:
 def service_lanes(runtime: Embedder) -> SideBySide | None:
     """The lanes the service runs under load with this runtime (ONNX Runtime on a CPU with
     more than one core; see app.services.embedding), or None."""
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     single_threaded = getattr(runtime, "single_threaded", None)
     return SideBySide(single_threaded(), cores) if single_threaded and cores > 1 else None
 
@@ -432,7 +432,7 @@ def cpu_rows(s: dict) -> list[str]:
     if "server_cpu_ms_per_request" not in s:
         return []
     spent = s["server_cpu_ms_per_request"] + s["client_cpu_ms_per_request"]
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     busy = spent * s["throughput_16_clients_per_s"] / 1000
     return [
         f"| CPU per request at 16 clients: service + load generator / the model's share "

@@ -148,6 +148,13 @@ def open_cached_onnx(path: Path, fingerprint: str, threads: int | None) -> OnnxE
     return None
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the whole host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cuda_may_be_available() -> bool:
     """False only where there certainly is no usable NVIDIA GPU: Linux without its device
     nodes (containers get them from the NVIDIA runtime). Lets CPU serving skip torch."""

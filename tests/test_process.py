@@ -133,6 +133,7 @@ def test_bench_cpu_accounting():
     """The bench reads a process's CPU time from /proc and turns the 16-client rounds into
     a ceiling: the model's CPU per image over all CPU spent per request."""
     from bench.run import cpu_rows, process_cpu_s
+    from models.runtime import usable_cpus
 
     child = subprocess.Popen([sys.executable, "-c",
                               "import time\nend = time.process_time() + 0.5\n"
@@ -153,7 +154,7 @@ def test_bench_cpu_accounting():
     rows = cpu_rows({"server_cpu_ms_per_request": 27.0, "client_cpu_ms_per_request": 3.0,
                      "model_cpu_ms_per_image": 24.0, "throughput_16_clients_per_s": 60.0})
     assert "30.0 / 24.0" in rows[0] and "| 0.80 |" in rows[1]
-    assert f"| 1.80 of {os.cpu_count()} |" in rows[2]
+    assert f"| 1.80 of {usable_cpus()} |" in rows[2]
     assert cpu_rows({"client_cpu_ms_per_request": 0.2}) == []
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.services.store import Store
-from models.runtime import OnnxEmbedder, open_embedder
+from models.runtime import OnnxEmbedder, open_embedder, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,3 @@ class ServiceState:
             await self.embedding.stop()
         if self.store is not None:
             self.store.close()
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container's cpuset, not the whole host's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
