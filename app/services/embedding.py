@@ -45,9 +45,8 @@ class EmbeddingService:
         self.lane_embedder = lane_embedder if lanes > 1 else None
         self.lanes = lanes if self.lane_embedder else 0
         self.lane_threads = ThreadPoolExecutor(max(1, self.lanes), thread_name_prefix="lane")
-        self.busy_lanes = 0
         self.lane_freed: asyncio.Event | None = None
-        self.in_flight: set[asyncio.Task] = set()
+        self.in_flight: set[asyncio.Task] = set()  # one lane call each
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.max_pixels = max_pixels
@@ -75,9 +74,11 @@ class EmbeddingService:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode,
                                                                 data)
 
-    def embed_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """Blocking batch embedding (start-up sync, enrolment of several files)."""
-        return self.embedder.embed_batch(np.stack(inputs))
+    def embed_inputs(self, inputs: list[np.ndarray], in_lane: bool = False) -> np.ndarray:
+        """Blocking batch embedding: the all-core call (e.g. the gallery at start-up), or a
+        single-threaded lane's."""
+        embedder = self.lane_embedder if in_lane and self.lane_embedder else self.embedder
+        return embedder.embed_batch(np.stack(inputs))
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -116,21 +117,19 @@ class EmbeddingService:
                 await self._embed_batch(await self._next_batch())
                 continue
             assert self.lane_freed is not None and self.queue is not None
-            while self.busy_lanes == self.lanes:
+            while len(self.in_flight) == self.lanes:
                 self.lane_freed.clear()
                 await self.lane_freed.wait()
-            batch = await self._next_batch(share=self.lanes - self.busy_lanes)
-            if len(batch) == 1 and self.busy_lanes == 0 and self.queue.empty():
+            batch = await self._next_batch(share=self.lanes - len(self.in_flight))
+            if len(batch) == 1 and not self.in_flight and self.queue.empty():
                 await self._embed_batch(batch)  # a lone request: every core on it
                 continue
-            self.busy_lanes += 1
             task = asyncio.create_task(self._embed_batch(batch, in_lane=True))
             self.in_flight.add(task)
             task.add_done_callback(self._lane_done)
 
     def _lane_done(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
-        self.busy_lanes -= 1
         assert self.lane_freed is not None
         self.lane_freed.set()
 
@@ -161,12 +160,10 @@ class EmbeddingService:
     async def _embed_batch(self, batch: list[tuple[np.ndarray, asyncio.Future]],
                            in_lane: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        inputs = [model_input for model_input, _ in batch]
-        embedder = self.lane_embedder if in_lane and self.lane_embedder else self.embedder
         try:
             vectors = await loop.run_in_executor(
-                self.lane_threads if in_lane else self.model_thread,
-                lambda: embedder.embed_batch(np.stack(inputs)))
+                self.lane_threads if in_lane else self.model_thread, self.embed_inputs,
+                [model_input for model_input, _ in batch], in_lane)
         except asyncio.CancelledError:  # stopped mid-call: its requests must not hang
             _fail(batch, RuntimeError(SHUTTING_DOWN))
             raise
