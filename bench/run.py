@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,8 @@ from models.runtime import DEFAULT_CHECKPOINT, Embedder, usable_cpus
 from tests.helpers import free_port, service
 
 ROOT = Path(__file__).resolve().parents[1]
+LOAD_ROUNDS = 9  # rounds of 16-client load, each after batch-32 timings of its own
+LOAD_WINDOW_S = 2.5  # the counted window of each round
 
 
 def timed(fn, repeats: int) -> float:
@@ -201,29 +204,63 @@ async def search_latencies(port: int, requests: list[bytes], count: int,
     return latencies, bare
 
 
-async def search_throughput(port: int, requests: list[bytes], clients: int,
-                            total: int) -> float:
-    """Requests per second with ``clients`` connections each sending its next request as
-    soon as the last one is answered."""
-    counter = iter(range(total))
+@dataclass
+class LoadWindow:
+    """What a window of sustained load measured."""
 
-    async def client() -> None:
+    requests: int  # answered inside the window
+    seconds: float
+    client_cpu_s: float  # the load generator's CPU over the window
+    server_cpu_s: float | None  # the service's (None where /proc is missing)
+
+    @property
+    def per_s(self) -> float:
+        return self.requests / self.seconds
+
+
+async def search_throughput(port: int, requests: list[bytes], clients: int, seconds: float,
+                            warm_s: float = 0.5, server_pid: int | None = None) -> LoadWindow:
+    """Sustained load: ``clients`` connections each send their next request as soon as the
+    last one is answered, and only the answers inside a window of ``seconds`` (opened
+    ``warm_s`` after the start, closed before any client stops) count, as wrk counts. A
+    fixed number of requests instead would also time the start from idle and the tail
+    where fewer than ``clients`` requests remain, neither of which sustained load has."""
+    answered: list[float] = []
+    stop = asyncio.Event()
+
+    async def client(first: int) -> None:
         connection = await BareConnection.open(port)
-        for i in counter:
+        i = first
+        while not stop.is_set():
             await connection.send(requests[i % len(requests)])
+            answered.append(time.perf_counter())
+            i += clients
         connection.close()
 
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return total / (time.perf_counter() - start)
+    def cpu() -> tuple[float, float | None]:
+        return time.process_time(), None if server_pid is None else process_cpu_s(server_pid)
+
+    tasks = [asyncio.create_task(client(k)) for k in range(clients)]
+    try:
+        await asyncio.sleep(warm_s)
+        opened, (client_before, server_before) = time.perf_counter(), cpu()
+        await asyncio.sleep(seconds)
+        closed, (client_after, server_after) = time.perf_counter(), cpu()
+    finally:
+        stop.set()
+    await asyncio.gather(*tasks)
+    server = (server_after - server_before
+              if server_before is not None and server_after is not None else None)
+    return LoadWindow(sum(opened <= t < closed for t in answered), closed - opened,
+                      client_after - client_before, server)
 
 
 def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes],
                  runtime: Embedder, lanes: SideBySide | None = None) -> dict:
     """/search over HTTP, each number next to the bare model measured in the same minutes:
     blocks of bare single-image calls alternate with blocks of requests, and batch-32
-    throughput (the better of one call and the lanes) is timed before each of three rounds
-    of load (medians)."""
+    throughput (the better of one call and the lanes) is timed before each round of load
+    (medians)."""
     size = runtime.preprocessing.image_size
     one, batch = np.zeros((1, 3, size, size), np.float32), np.zeros((32, 3, size, size),
                                                                     np.float32)
@@ -237,9 +274,9 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
         result = {f"p{p}_ms": 1000 * latencies[int(len(latencies) * p / 100) - 1]
                   for p in (50, 95, 99)}
         result["paired_bare_call_ms"] = 1000 * statistics.median(bare)
-        asyncio.run(search_throughput(port, requests, 16, 32))  # warm-up
-        b32, load, client_cpu, server_cpu, model_cpu = [], [], 0.0, 0.0, 0.0
-        for _ in range(3):
+        asyncio.run(search_throughput(port, requests, 16, 1.0))  # warm-up
+        b32, windows, model_cpu = [], [], 0.0
+        for _ in range(LOAD_ROUNDS):
             best_b32, best_cpu = 0.0, 0.0
             for model in filter(None, (runtime, lanes)):
                 before = time.process_time()
@@ -248,21 +285,21 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
                     best_b32, best_cpu = images_per_s, time.process_time() - before
             b32.append(best_b32)
             model_cpu += best_cpu
-            before, server_before = time.process_time(), process_cpu_s(server.pid)
-            load.append(asyncio.run(search_throughput(port, requests, 16, 160)))
-            client_cpu += time.process_time() - before
-            server_after = process_cpu_s(server.pid)
-            if server_before is not None and server_after is not None:
-                server_cpu += server_after - server_before
+            windows.append(asyncio.run(search_throughput(port, requests, 16, LOAD_WINDOW_S,
+                                                         server_pid=server.pid)))
+        answered = sum(w.requests for w in windows)
+        result["paired_b32_images_per_s_rounds"] = b32
+        result["throughput_16_clients_per_s_rounds"] = [w.per_s for w in windows]
         result["paired_b32_images_per_s"] = statistics.median(b32)
-        result["throughput_16_clients_per_s"] = statistics.median(load)
-        result["client_cpu_ms_per_request"] = client_cpu * 1000 / (3 * 160)
+        result["throughput_16_clients_per_s"] = statistics.median(w.per_s for w in windows)
+        result["client_cpu_ms_per_request"] = sum(w.client_cpu_s for w in windows) * 1000 / answered
         # Where the CPU goes under load: the model's own CPU per image (batch 32, 4 timed
         # calls a round incl. warm-up) against everything the service and the client spend
         # per request. Their ratio bounds the load ratio on a CPU-bound machine.
-        result["model_cpu_ms_per_image"] = model_cpu * 1000 / (3 * 4 * 32)
-        if server_cpu:
-            result["server_cpu_ms_per_request"] = server_cpu * 1000 / (3 * 160)
+        result["model_cpu_ms_per_image"] = model_cpu * 1000 / (LOAD_ROUNDS * 4 * 32)
+        server_cpu = [w.server_cpu_s for w in windows]
+        if None not in server_cpu:
+            result["server_cpu_ms_per_request"] = sum(server_cpu) * 1000 / answered
         # Enrolment latency as the gallery grows.
         with httpx.Client(base_url=url, timeout=60) as client:
             latencies = []
@@ -420,11 +457,14 @@ def markdown(results: dict) -> str:
 
 
 def load_ratio(search: dict) -> float:
-    """16-client throughput over the best batch throughput measured in the same minutes:
-    batch 32 (one call or the lanes, the faster) timed before each round of load, or the
-    bare single-image call timed between the blocks of requests."""
-    best = max(search["paired_b32_images_per_s"], 1000 / search["paired_bare_call_ms"])
-    return search["throughput_16_clients_per_s"] / best
+    """16-client throughput over the best batch throughput measured in the same minutes,
+    round by round (median): batch 32 (one call or the lanes, the faster) timed just
+    before the round, or the bare single-image call timed between the blocks of requests."""
+    bare = 1000 / search["paired_bare_call_ms"]
+    return statistics.median(
+        load / max(b32, bare) for load, b32 in zip(search["throughput_16_clients_per_s_rounds"],
+                                                  search["paired_b32_images_per_s_rounds"],
+                                                  strict=True))
 
 
 def cpu_rows(s: dict) -> list[str]:
@@ -486,7 +526,6 @@ def main(argv: list[str] | None = None) -> dict:
             print("/search latency and throughput, enrolment ...", flush=True)
             results["search"] = bench_search(args.gallery, args.checkpoint, work, queries,
                                              service_runtime, lanes)
-        if "search" in results:
             results["load_ratio"] = load_ratio(results["search"])
         if "faiss" not in skip:
             print("FAISS flat vs HNSW ...", flush=True)

@@ -112,7 +112,7 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
         finally:
             connection.close()
 
-    with service([sys.executable, "-m", "app"], env, port):
+    with service([sys.executable, "-m", "app"], env, port) as server:
         query = (tmp_path / "gallery" / "red" / "000.jpg").read_bytes()
         answer = asyncio.run(one(search_request(query, port)))
         assert len(answer["results"]) == 5
@@ -123,7 +123,13 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
                                                        lambda: calls.append(1), blocks=2))
         assert len(latencies) == len(bare) == 4 and all(0 < t < 30 for t in latencies)
         assert len(calls) == 4 + 2 * 2  # blocks of bare calls beside the requests, warm-ups
-        assert asyncio.run(search_throughput(port, requests, 3, 9)) > 0
+        window = asyncio.run(search_throughput(port, requests, 3, 1.0, warm_s=0.3,
+                                               server_pid=server.pid))
+        # answers inside the window only, at the rate the window's length implies
+        assert window.requests > 0 and window.seconds == pytest.approx(1.0, abs=0.2)
+        assert window.per_s == pytest.approx(window.requests / window.seconds)
+        if Path("/proc/self/stat").exists():  # the service's CPU over the window
+            assert window.server_cpu_s is not None and window.server_cpu_s > 0
         with pytest.raises(RuntimeError, match="400"):
             asyncio.run(one(search_request(b"not an image", port)))
 
@@ -162,9 +168,12 @@ def test_bench_cpu_accounting():
 def test_bench_load_ratio_divides_by_the_best_batch_throughput_of_the_same_minutes():
     from bench.run import load_ratio
 
-    search = {"throughput_16_clients_per_s": 60.0, "paired_b32_images_per_s": 80.0,
-              "paired_bare_call_ms": 20.0}  # the bare call: 50 images/s
-    assert load_ratio(search) == pytest.approx(0.75)
+    # round by round: 60/80, 45/90 and 70/70; the bare call alone: 50 images/s
+    search = {"throughput_16_clients_per_s_rounds": [60.0, 45.0, 70.0],
+              "paired_b32_images_per_s_rounds": [80.0, 90.0, 70.0],
+              "paired_bare_call_ms": 20.0}
+    assert load_ratio(search) == pytest.approx(0.75)  # median of 0.75, 0.5, 1.0
+    # a bare call faster than batch 32 (100 images/s) becomes the denominator
     assert load_ratio({**search, "paired_bare_call_ms": 10.0}) == pytest.approx(0.6)
 
 
