@@ -105,7 +105,7 @@ class LaneEmbedder(RecordingEmbedder):
 
 
 def test_under_load_batches_share_out_among_lanes_side_by_side():
-    main, lanes = RecordingEmbedder(), LaneEmbedder()
+    main, lanes = RecordingEmbedder(), LaneEmbedder(delay=0.2)  # long enough to overlap
 
     async def scenario():
         service = EmbeddingService(main, max_batch=32, wait_ms=1, lane_embedder=lanes, lanes=2)
@@ -179,7 +179,8 @@ def test_stopping_with_requests_waiting_fails_them_instead_of_hanging(lanes):
         await service.start()
         tasks = [asyncio.create_task(service.embed(np.full((3, 8, 8), i, np.float32)))
                  for i in range(10)]
-        await asyncio.sleep(0.08)  # a batch or two done, more in flight, the rest queued
+        while not any(task.done() for task in tasks):  # a batch done, more in flight,
+            await asyncio.sleep(0.005)  # the rest queued
         await asyncio.wait_for(service.stop(), 5)
         return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
 
