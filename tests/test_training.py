@@ -179,6 +179,38 @@ def test_interpolate_cli_needs_a_recorded_starting_point(tiny_checkpoint, tmp_pa
                           "--out", str(tmp_path / "x.pt")])
 
 
+def test_interpolate_cli_soups_then_moves_towards_the_start(synthetic_folder, tmp_path):
+    """Two short runs from the ImageNet backbone, averaged (a soup), then WiSE-interpolated a
+    quarter of the way from their starting point to the soup, recorded at another size."""
+    from models.encoder import EncoderConfig, build_encoder
+    from training import interpolate
+
+    runs = []
+    for lr in ("1e-3", "3e-3"):  # one seed: the same split, so the same PCA starting head
+        runs.append(tmp_path / f"run-{lr}.pt")
+        train.main(["--data", str(synthetic_folder), "--out", str(runs[-1]), "--epochs", "1",
+                    "--steps-per-epoch", "1", "--p", "4", "--k", "2", "--image-size", "64",
+                    "--embedding-dim", "8", "--freeze-stages", "5", "--workers", "0",
+                    "--lr", lr])
+    out = interpolate.main(["--checkpoint", str(runs[0]), "--soup", str(runs[1]),
+                            "--alpha", "0.25", "--image-size", "96",
+                            "--out", str(tmp_path / "mix.pt")])
+    a, b, mix = (load_checkpoint(path) for path in (*runs, out))
+    assert mix.meta.preprocessing.image_size == 96  # the size it is to be used at
+    assert mix.meta.extra["wise_alpha"] == 0.25
+    assert mix.meta.extra["fine_tuned_from"] == [str(runs[0]), str(runs[1])]
+    start = build_encoder(EncoderConfig(a.meta.encoder.backbone, 8), pretrained=True)
+    start.head.load_state_dict(a.meta.extra["initial_head"])
+    states = [m.state_dict() for m in (a.encoder, b.encoder, start, mix.encoder)]
+    moved = 0
+    for key, value in states[3].items():
+        if value.is_floating_point():
+            tuned = (states[0][key] + states[1][key]) / 2
+            torch.testing.assert_close(value, states[2][key] + 0.25 * (tuned - states[2][key]))
+            moved += not torch.equal(states[0][key], states[2][key])
+    assert moved > 0  # training changed some weights: the check above is not trivial
+
+
 def test_calibrate_cli_at_another_test_time_size(synthetic_folder, tiny_checkpoint, tmp_path):
     from training import calibrate
 

@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> Path:
     encoder = interpolate(fine_tuned, start, args.alpha)
     meta = loaded.meta
     meta.extra = {**meta.extra, "wise_alpha": args.alpha,
-                  "fine_tuned_from": [str(args.checkpoint), *args.soup] if args.soup
-                  else str(args.checkpoint)}
+                  "fine_tuned_from": [str(args.checkpoint), *args.soup]}
     meta.versions = {}
     meta.created_at = ""
     save_checkpoint(args.out, encoder, meta, half=args.half)
