@@ -104,8 +104,8 @@ class LaneEmbedder(RecordingEmbedder):
                 self.active -= 1
 
 
-def test_under_load_batches_share_out_among_lanes_side_by_side():
-    main, lanes = RecordingEmbedder(), LaneEmbedder(delay=0.2)  # long enough to overlap
+def test_under_load_lanes_take_one_image_each_side_by_side():
+    main, lanes = RecordingEmbedder(), LaneEmbedder(delay=0.05)
 
     async def scenario():
         service = EmbeddingService(main, max_batch=32, wait_ms=1, lane_embedder=lanes, lanes=2)
@@ -118,7 +118,7 @@ def test_under_load_batches_share_out_among_lanes_side_by_side():
 
     results = asyncio.run(scenario())
     assert [float(r[0]) for r in results] == [float(i) for i in range(20)]
-    assert lanes.batches == [10, 10] and lanes.peak == 2  # halves, at the same time
+    assert lanes.batches == [1] * 20 and lanes.peak == 2  # one image a call, two at a time
     assert main.batches == []
 
 
@@ -170,12 +170,12 @@ def test_read_write_lock_lets_readers_share_and_writers_exclude():
 
 
 @pytest.mark.parametrize("lanes", [0, 2])
-def test_stopping_with_requests_waiting_fails_them_instead_of_hanging(lanes):
-    embedder = RecordingEmbedder(delay=0.05)
+def test_stopping_answers_calls_in_flight_and_fails_the_waiting_instead_of_hanging(lanes):
+    embedder, lane_embedder = RecordingEmbedder(delay=0.05), LaneEmbedder(0.05)
 
     async def scenario():
         service = EmbeddingService(embedder, max_batch=2, wait_ms=1,
-                                   lane_embedder=LaneEmbedder(0.05), lanes=lanes)
+                                   lane_embedder=lane_embedder, lanes=lanes)
         await service.start()
         tasks = [asyncio.create_task(service.embed(np.full((3, 8, 8), i, np.float32)))
                  for i in range(10)]
@@ -190,6 +190,8 @@ def test_stopping_with_requests_waiting_fails_them_instead_of_hanging(lanes):
     assert answered and failed
     assert all(float(r[0]) == i for i, r in answered.items())
     assert all("shutting down" in str(e) for e in failed)
+    # every image whose model call had started got its answer: nothing in flight is lost
+    assert len(answered) == sum(embedder.batches) + sum(lane_embedder.batches)
 
 
 def test_under_load_the_window_tops_up_the_batch():
@@ -229,16 +231,23 @@ def test_uploads_decode_on_lower_priority_threads_and_the_rest_keeps_its_own():
 
     before = own_nice()
 
+    class NiceRecording(RecordingEmbedder):
+        def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+            self.nice = own_nice()  # the model worker's
+            return super().embed_batch(batch)
+
     async def scenario(nice: int):
-        service = EmbeddingService(RecordingEmbedder(delay=0), decode_nice=nice)
+        embedder = NiceRecording(delay=0)
+        service = EmbeddingService(embedder, decode_nice=nice)
+        await service.start()
         try:
             image, model_input = await service.decode_async(
                 jpeg_bytes(synthetic_image((200, 30, 30), 0)))
             decoder_nice = service.decode_pool.submit(own_nice).result()
-            model_nice = service.model_thread.submit(own_nice).result()
+            await service.embed(model_input)
         finally:
             await service.stop()
-        return image, model_input, decoder_nice, model_nice
+        return image, model_input, decoder_nice, embedder.nice
 
     image, model_input, decoder_nice, model_nice = asyncio.run(scenario(5))
     assert model_input.shape == (3, 8, 8) and image.format == "JPEG"

@@ -1,30 +1,41 @@
 """Embedding in the service: decoding off the event loop and micro-batched model calls.
 
-Concurrent requests put their preprocessed image in a queue; one worker takes up to
-``max_batch`` of them and embeds them in one model call on a dedicated thread. A lone
-request is embedded at once; requests that arrive while a call runs pile up and go together
-in the next one (plus what arrives within ``wait_ms``). Under load, throughput approaches
-batch throughput, and a single client pays no batching delay.
+Concurrent requests put their preprocessed image in a queue, and model workers (threads)
+take it from there themselves, the moment their last call ends. (Handed out by the event
+loop instead, busy answering and parsing the other requests, a worker sat idle ~10 ms
+after each call with requests waiting: traced under 16 clients.)
 
-The threads of one model call work in lock-step inside every operator, so whatever takes
-a core from one of them (decoding, HTTP, another tenant of the machine) stalls them all.
-Hence, on a CPU, batches under load go to ``lanes``: single-threaded model calls side by
-side, one per core (``lane_embedder``), and a lane that loses its core stalls only itself
-(16-client throughput +9-11% in A/B runs, README); a lone request on an idle service still
-gets every core in one call. Hence also, uploads are decoded on a pool of their own whose
-threads run at a lower priority (``decode_nice``, Linux), so that decoding fills the gaps
-instead of taking cores from the model.
+Without lanes (e.g. on a GPU), one worker takes up to ``max_batch`` waiting images into one
+call. A lone request is embedded at once; requests that arrive while a call runs pile up
+and go together in the next one (plus what arrives within ``wait_ms``). Under load,
+throughput approaches batch throughput, and a single client pays no batching delay.
+
+On a CPU, under load, the images go to ``lanes`` instead: single-threaded model calls of
+one image each, side by side, one worker per core (``lane_embedder``); a lone request on an
+idle service still gets every core in one call. The threads of one call work in lock-step
+inside every operator, so whatever takes a core from one of them (decoding, HTTP, another
+tenant of the machine) stalls them all, while a lane that loses its core stalls only
+itself; and one image per single-threaded call is the fastest way to run the model on
+this CPU (README: 16-client throughput +7-9% in A/B runs against lanes that batched and
+were handed out by the event loop, themselves +9-11% against one call on all cores).
+Uploads are decoded on a pool of their own whose threads run at a lower priority
+(``decode_nice``, Linux), so that decoding fills the gaps instead of taking cores from the
+model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,6 +45,7 @@ from models.runtime import Embedder
 
 log = logging.getLogger(__name__)
 SHUTTING_DOWN = "the service is shutting down"
+Waiting = tuple[np.ndarray, asyncio.Future]
 
 
 class EmbeddingService:
@@ -44,21 +56,21 @@ class EmbeddingService:
         # Lanes: ``lane_embedder`` runs on one thread and may be called from several at once.
         self.lane_embedder = lane_embedder if lanes > 1 else None
         self.lanes = lanes if self.lane_embedder else 0
-        self.lane_threads = ThreadPoolExecutor(max(1, self.lanes), thread_name_prefix="lane")
-        self.lane_freed: asyncio.Event | None = None
-        self.in_flight: set[asyncio.Task] = set()  # one lane call each
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.max_pixels = max_pixels
         self.draft_size = embedder.preprocessing.resize_size
-        # One thread makes the all-core calls: the runtime parallelises inside each.
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="embed")
         self.decode_pool = ThreadPoolExecutor(thread_name_prefix="decode",
                                               initializer=lower_thread_priority,
                                               initargs=(decode_nice,))
-        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
-        self.worker: asyncio.Task | None = None
+        # The workers' shared state, guarded by ``changed``.
+        self.changed = threading.Condition()
+        self.waiting: collections.deque[Waiting] = collections.deque()
+        self.lane_calls = 0  # lane calls in flight
+        self.all_core_call = False  # an all-core call in flight: the lanes wait for it
         self.stopping = False
+        self.workers: list[threading.Thread] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def dim(self) -> int:
@@ -81,99 +93,97 @@ class EmbeddingService:
         return embedder.embed_batch(np.stack(inputs))
 
     async def start(self) -> None:
-        self.queue = asyncio.Queue()
-        self.lane_freed = asyncio.Event()
-        self.worker = asyncio.create_task(self._run(), name="embedding-batcher")
+        self.loop = asyncio.get_running_loop()
+        names = [f"lane_{i}" for i in range(self.lanes)] if self.lanes else ["embed"]
+        self.workers = [threading.Thread(target=self._work, name=name, daemon=True)
+                        for name in names]
+        for worker in self.workers:
+            worker.start()
 
     async def stop(self) -> None:
-        """Stop the worker; requests still waiting get an error instead of hanging."""
-        self.stopping = True
-        if self.worker:
-            self.worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.worker
-        for task in list(self.in_flight):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while self.queue is not None and not self.queue.empty():
-            _fail([self.queue.get_nowait()], RuntimeError(SHUTTING_DOWN))
-        self.model_thread.shutdown(wait=True)
-        self.lane_threads.shutdown(wait=True)
+        """Calls in flight finish and answer; requests still waiting get an error instead of
+        hanging."""
+        with self.changed:
+            self.stopping = True
+            left = list(self.waiting)
+            self.waiting.clear()
+            self.changed.notify_all()
+        _fail(left, RuntimeError(SHUTTING_DOWN))
+        for worker in self.workers:
+            await asyncio.to_thread(worker.join)
         self.decode_pool.shutdown(wait=True)
 
     async def embed(self, model_input: np.ndarray) -> np.ndarray:
         """Embed one preprocessed image, batched with whatever else is waiting."""
-        assert self.queue is not None, "EmbeddingService.start() was not called"
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self.queue.put((model_input, future))
+        assert self.loop is not None, "EmbeddingService.start() was not called"
+        future: asyncio.Future = self.loop.create_future()
+        with self.changed:
+            if self.stopping:
+                raise RuntimeError(SHUTTING_DOWN)
+            self.waiting.append((model_input, future))
+            self.changed.notify()
         return await future
 
-    async def _run(self) -> None:
-        # The flag, not only the cancellation, ends the loop: before Python 3.12,
-        # asyncio.wait_for can swallow a cancellation that arrives as its inner get succeeds.
-        while not self.stopping:
-            if not self.lanes:
-                await self._embed_batch(await self._next_batch())
-                continue
-            assert self.lane_freed is not None and self.queue is not None
-            while len(self.in_flight) == self.lanes:
-                self.lane_freed.clear()
-                await self.lane_freed.wait()
-            batch = await self._next_batch(share=self.lanes - len(self.in_flight))
-            if len(batch) == 1 and not self.in_flight and self.queue.empty():
-                await self._embed_batch(batch)  # a lone request: every core on it
-                continue
-            task = asyncio.create_task(self._embed_batch(batch, in_lane=True))
-            self.in_flight.add(task)
-            task.add_done_callback(self._lane_done)
-
-    def _lane_done(self, task: asyncio.Task) -> None:
-        self.in_flight.discard(task)
-        assert self.lane_freed is not None
-        self.lane_freed.set()
-
-    async def _next_batch(self, share: int = 1) -> list[tuple[np.ndarray, asyncio.Future]]:
-        """Everything waiting, up to max (or its ``share`` among that many free lanes). A
-        lone request goes at once (no added latency); when others are already waiting
-        (load), what arrives within the window joins too."""
-        assert self.queue is not None
-        loop = asyncio.get_running_loop()
-        batch = [await self.queue.get()]
-        limit = self.max_batch
-        if share > 1:  # what waits now is shared out among the free lanes (ceil)
-            limit = min(limit, -(-(1 + self.queue.qsize()) // share))
-        while len(batch) < limit and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
-        if len(batch) == 1:
-            return batch
-        deadline = loop.time() + self.wait_s
-        while len(batch) < limit:
-            timeout = deadline - loop.time()
+    def _work(self) -> None:
+        """A worker thread: take a batch, embed it, hand the results to the loop, repeat."""
+        while True:
+            with self.changed:
+                taken = self._take()
+                if taken is None:
+                    return
+            batch, in_lane = taken
             try:
-                batch.append(self.queue.get_nowait() if timeout <= 0 else
-                             await asyncio.wait_for(self.queue.get(), timeout))
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
-        return batch
+                vectors = self.embed_inputs([model_input for model_input, _ in batch], in_lane)
+            except Exception as exc:  # hand the failure to every waiting request
+                log.exception("embedding a batch of %d failed", len(batch))
+                self._answer(_fail, batch, exc)
+            else:
+                self._answer(_succeed, batch, vectors)
+            finally:
+                with self.changed:
+                    if in_lane:
+                        self.lane_calls -= 1
+                    else:
+                        self.all_core_call = False
+                    self.changed.notify_all()
 
-    async def _embed_batch(self, batch: list[tuple[np.ndarray, asyncio.Future]],
-                           in_lane: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            vectors = await loop.run_in_executor(
-                self.lane_threads if in_lane else self.model_thread, self.embed_inputs,
-                [model_input for model_input, _ in batch], in_lane)
-        except asyncio.CancelledError:  # stopped mid-call: its requests must not hang
-            _fail(batch, RuntimeError(SHUTTING_DOWN))
-            raise
-        except Exception as exc:  # hand the failure to every waiting request
-            log.exception("embedding a batch of %d failed", len(batch))
-            _fail(batch, exc)
-            return
-        for (_, future), vector in zip(batch, vectors, strict=True):
-            if not future.done():
-                future.set_result(vector)
+    def _take(self) -> tuple[list[Waiting], bool] | None:
+        """With ``changed`` held: the next batch, and whether it goes to a lane; None when
+        stopping. A lane call takes one image: on a CPU, single-threaded calls of one image
+        each are the fastest way to run the model (README), and a lane that has finished
+        takes the next at once. A lone request on an idle service gets every core. Without
+        lanes: everything waiting, up to max; a lone request goes at once (no added
+        latency), and when others are already waiting (load), what arrives within the
+        window joins too."""
+        while not self.stopping and (not self.waiting or self.all_core_call):
+            self.changed.wait()
+        if self.stopping:
+            return None
+        if self.lanes:
+            batch = [self.waiting.popleft()]
+            in_lane = self.lane_calls > 0 or bool(self.waiting)
+            if in_lane:
+                self.lane_calls += 1
+            else:
+                self.all_core_call = True
+            return batch, in_lane
+        self.all_core_call = True
+        batch = [self.waiting.popleft() for _ in range(min(self.max_batch, len(self.waiting)))]
+        if len(batch) > 1:
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_batch and not self.stopping:
+                if self.waiting:
+                    batch.append(self.waiting.popleft())
+                elif not self.changed.wait(deadline - time.monotonic()):
+                    break
+        return batch, False
+
+    def _answer(self, deliver: Callable[[list[Waiting], Any], None], batch: list[Waiting],
+                outcome: Any) -> None:
+        """Hand results (or a failure) to the requests, on the event loop's thread."""
+        assert self.loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(deliver, batch, outcome)
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -188,7 +198,13 @@ def lower_thread_priority(nice: int) -> None:
         log.warning("could not lower the decoding threads' priority: %s", exc)
 
 
-def _fail(batch: list[tuple[np.ndarray, asyncio.Future]], error: Exception) -> None:
+def _fail(batch: list[Waiting], error: Exception) -> None:
     for _, future in batch:
-        if not future.done():
+        if not future.done():  # e.g. cancelled: its client went away
             future.set_exception(error)
+
+
+def _succeed(batch: list[Waiting], vectors: np.ndarray) -> None:
+    for (_, future), vector in zip(batch, vectors, strict=True):
+        if not future.done():
+            future.set_result(vector)
