@@ -138,6 +138,56 @@ def test_a_lone_request_on_an_idle_service_gets_the_all_core_call():
     assert main.batches == [1, 1, 1] and lanes.batches == []
 
 
+def test_lanes_wait_for_an_all_core_call_in_flight():
+    """Both cores belong to the all-core call while it runs: requests arriving meanwhile
+    go to the lanes only after it ends (three threads on two cores would stall it)."""
+    spans: list[tuple[str, float, float]] = []
+
+    class Timed(RecordingEmbedder):
+        def __init__(self, kind: str, delay: float) -> None:
+            super().__init__(delay)
+            self.kind = kind
+
+        def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+            start = time.perf_counter()
+            try:
+                return super().embed_batch(batch)
+            finally:
+                spans.append((self.kind, start, time.perf_counter()))
+
+    async def scenario():
+        service = EmbeddingService(Timed("all", 0.2), lane_embedder=Timed("lane", 0.01),
+                                   lanes=2)
+        await service.start()
+        try:
+            lone = asyncio.create_task(service.embed(np.zeros((3, 8, 8), np.float32)))
+            while not service.all_core_call:  # the lone request's call has started
+                await asyncio.sleep(0.005)
+            later = [service.embed(np.full((3, 8, 8), i, np.float32)) for i in (1, 2, 3)]
+            return await asyncio.gather(lone, *later)
+        finally:
+            await service.stop()
+
+    results = asyncio.run(scenario())
+    assert [float(r[0]) for r in results] == [0.0, 1.0, 2.0, 3.0]
+    all_core = [(start, end) for kind, start, end in spans if kind == "all"]
+    lanes = [(start, end) for kind, start, end in spans if kind == "lane"]
+    assert len(lanes) >= 2  # three waited at once: lanes (the last may go alone)
+    assert all(lane_end <= start or lane_start >= end
+               for start, end in all_core for lane_start, lane_end in lanes)
+
+
+def test_a_stopped_service_refuses_new_requests():
+    async def scenario():
+        service = EmbeddingService(RecordingEmbedder(delay=0))
+        await service.start()
+        await service.stop()
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await service.embed(np.zeros((3, 8, 8), np.float32))
+
+    asyncio.run(scenario())
+
+
 def test_read_write_lock_lets_readers_share_and_writers_exclude():
     lock = ReadWriteLock()
     inside, peak, log = 0, 0, []
