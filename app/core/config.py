@@ -30,16 +30,17 @@ class Settings(BaseSettings):
     # Cosine score below which /classify answers "unknown" (see README: chosen on
     # validation data with classes the encoder never saw).
     classify_threshold: float = Field(0.89, ge=-1.0, le=1.0)
-    # Micro-batching: under load, concurrent searches wait at most this long to share one
-    # model call (a lone request never waits).
+    # Micro-batching where there are no model lanes (e.g. a GPU): under load, concurrent
+    # searches wait at most this long to share one model call (a lone request never waits).
     batch_wait_ms: float = Field(4.0, ge=0)
     max_batch: int = Field(32, ge=1)
     embed_batch_size: int = Field(32, ge=1)
     # Under load, decoding uploads yields the cores to the model (nice value added to the
     # decoding threads, Linux; 0 = same priority as the model).
     decode_nice: int = Field(10, ge=0, le=19)
-    # ONNX Runtime on the CPU: under load, this many single-threaded model calls side by
-    # side (default: one per inference thread; 0 or 1 = one call on all threads).
+    # ONNX Runtime on the CPU: under load, this many single-threaded model calls of one
+    # image each, side by side (default: one per inference thread; 0 or 1 = batches in one
+    # call on all threads).
     model_lanes: int | None = Field(None, ge=0)
     threads: int | None = Field(None, ge=1, description="inference threads (default: all)")
     log_level: str = "INFO"

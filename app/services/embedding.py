@@ -16,7 +16,7 @@ idle service still gets every core in one call. The threads of one call work in 
 inside every operator, so whatever takes a core from one of them (decoding, HTTP, another
 tenant of the machine) stalls them all, while a lane that loses its core stalls only
 itself; and one image per single-threaded call is the fastest way to run the model on
-this CPU (README: 16-client throughput +7-9% in A/B runs against lanes that batched and
+this CPU (README: 16-client throughput +5-9% in A/B runs against lanes that batched and
 were handed out by the event loop, themselves +9-11% against one call on all cores).
 Uploads are decoded on a pool of their own whose threads run at a lower priority
 (``decode_nice``, Linux), so that decoding fills the gaps instead of taking cores from the
