@@ -44,7 +44,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class TorchEmbedder:
-    """Eager PyTorch; on CUDA with bf16 autocast and channels_last."""
+    """Eager PyTorch; on CUDA with bf16 autocast. It takes ``encoder`` over: the module is
+    moved to ``device`` and memory format in place (pass a copy to keep the original)."""
 
     name = "torch"
 
@@ -54,16 +55,16 @@ class TorchEmbedder:
         preprocessing: Preprocessing,
         device: torch.device | str = "cpu",
         bf16: bool | None = None,
+        channels_last: bool = True,  # ~1.7x faster on CPU too (measured, AVX2)
     ) -> None:
         device = torch.device(device)
-        self.encoder = encoder.to(device).eval()
         self.device = device
         self.dim = encoder.embedding_dim
         self.preprocessing = preprocessing
         self.bf16 = device.type == "cuda" if bf16 is None else bf16
-        self.channels_last = True  # ~1.7x faster on CPU too (measured, AVX2)
-        if self.channels_last:
-            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.encoder = encoder.to(device, memory_format=memory_format).eval()
 
     @torch.inference_mode()
     def embed_batch(self, batch: Any) -> np.ndarray:

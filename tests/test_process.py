@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from tests.helpers import (
     COLOURS,
@@ -163,6 +164,11 @@ def test_bench_cpu_accounting():
     assert "30.0 / 24.0" in rows[0] and "| 0.80 |" in rows[1]
     assert f"| 1.80 of {usable_cpus()} |" in rows[2]
     assert cpu_rows({"client_cpu_ms_per_request": 0.2}) == []
+    # With the model on a GPU its CPU time bounds nothing: no ceiling row.
+    on_gpu = cpu_rows({"server_cpu_ms_per_request": 27.0, "client_cpu_ms_per_request": 3.0,
+                       "model_cpu_ms_per_image": 2.0, "throughput_16_clients_per_s": 60.0,
+                       "model_device": "cuda:0"})
+    assert len(on_gpu) == 2 and not any("ceiling" in row for row in on_gpu)
 
 
 def test_bench_load_ratio_divides_by_the_best_batch_throughput_of_the_same_minutes():
@@ -182,11 +188,12 @@ def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkey
     from models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(tiny_checkpoint)
-    calls = []
+    calls, eager_runtimes = [], set()
     eager_call = bench.run.TorchEmbedder.embed_batch
 
     def recording_eager(self, batch):
-        calls.append(("eager", len(batch)))
+        calls.append(("eager_cl" if self.channels_last else "eager", len(batch)))
+        eager_runtimes.add(self)
         return eager_call(self, batch)
 
     class Recording:
@@ -205,8 +212,9 @@ def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkey
                                     bench.run.SideBySide(Recording("lane"), 2))
     # The runtimes take turns in blocks (an untimed call, then the timed ones); the lanes
     # take the batch one image a call (at batch 1, the service's all-core call runs alone).
-    assert calls == ([("eager", 1)] * 5 + [("service", 1)] * 5) * 5 + (
-        [("eager", 32)] * 3 + [("service", 32)] * 3 + [("lane", 1)] * 32 * 3) * 4
+    assert calls == ([("eager", 1)] * 5 + [("eager_cl", 1)] * 5 + [("service", 1)] * 5) * 5 + (
+        [("eager", 32)] * 3 + [("eager_cl", 32)] * 3 + [("service", 32)] * 3
+        + [("lane", 1)] * 32 * 3) * 4
     assert 200 < out["service_b32_images_per_s"] < 1001
     # two 1-ms calls at once: about twice the images per second of one
     assert out["lanes"] == 2
@@ -214,3 +222,19 @@ def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkey
     assert out["speedup_b32"] == pytest.approx(  # the lanes are the faster here
         out["lanes_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"])
     assert out["bare_single_image_ms"] == pytest.approx(1000 / out["service_b1_images_per_s"])
+    # The reference is plain fp32 on its own copy of the encoder: a PyTorch service runtime
+    # (on a GPU) holds ``loaded.encoder`` itself, which must stay where it is.
+    assert out["speedup_b32_over_channels_last"] == pytest.approx(
+        out["lanes_b32_images_per_s"] / out["eager_fp32_channels_last_b32_images_per_s"])
+    # The reference is plain fp32 (no channels_last, weights included: channels_last
+    # weights alone make the convolutions run channels_last), beside channels_last; each
+    # on its own copy of the encoder: a PyTorch service runtime (on a GPU) holds
+    # ``loaded.encoder`` itself, which must stay as it is.
+    plain, fast = sorted(eager_runtimes, key=lambda runtime: runtime.channels_last)
+    assert out["device"] == "cpu" and {str(e.device) for e in eager_runtimes} == {"cpu"}
+    assert not plain.channels_last and fast.channels_last and not plain.bf16 | fast.bf16
+    assert {id(plain.encoder), id(fast.encoder)}.isdisjoint({id(loaded.encoder)})
+    stem = plain.encoder.backbone.conv_stem.weight
+    assert stem.is_contiguous() and fast.encoder.backbone.conv_stem.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    assert loaded.encoder.backbone.conv_stem.weight.is_contiguous()

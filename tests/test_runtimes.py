@@ -63,6 +63,20 @@ def test_runtime_choice(tiny_checkpoint, tmp_path):
         assert make_embedder(loaded, "auto", "auto", cache_dir=tmp_path).name == "onnx"
 
 
+def test_torch_memory_formats_give_the_same_embeddings(tiny_checkpoint):
+    """channels_last (the service's PyTorch path) and plain contiguous weights (the bench's
+    eager reference) compute the same embeddings."""
+    loaded = load_checkpoint(tiny_checkpoint)
+    images = [synthetic_image(colour, 0, 96) for colour in COLOURS.values()]
+    plain = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing, channels_last=False)
+    stem = plain.encoder.backbone.conv_stem.weight
+    assert stem.is_contiguous()
+    a = embed_images(plain, images)
+    fast = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing)  # converts in place
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    np.testing.assert_allclose(embed_images(fast, images), a, atol=1e-5)
+
+
 def test_single_threaded_lane_session_gives_the_same_embeddings(tiny_checkpoint, tmp_path):
     """The service's lanes: a second session of the same export on one thread."""
     loaded = load_checkpoint(tiny_checkpoint)
