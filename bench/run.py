@@ -32,7 +32,7 @@ import torch
 
 from models.checkpoint import LoadedEncoder, load_checkpoint
 from models.inference import TorchEmbedder, make_embedder
-from models.runtime import DEFAULT_CHECKPOINT, Embedder, usable_cpus
+from models.runtime import DEFAULT_CHECKPOINT, Embedder, model_lanes, usable_cpus
 from tests.helpers import free_port, service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,11 +82,10 @@ def runtime_device(runtime: Embedder) -> str:
 
 
 def service_lanes(runtime: Embedder) -> SideBySide | None:
-    """The lanes the service runs under load with this runtime (ONNX Runtime on a CPU with
-    more than one core; see app.services.embedding), or None."""
-    cores = usable_cpus()
-    single_threaded = getattr(runtime, "single_threaded", None)
-    return SideBySide(single_threaded(), cores) if single_threaded and cores > 1 else None
+    """The lanes the service runs under load with this runtime at its default settings
+    (``models.runtime.model_lanes``), or None."""
+    lane_embedder, lanes = model_lanes(runtime)
+    return SideBySide(lane_embedder, lanes) if lane_embedder else None
 
 
 def bench_embedding(loaded: LoadedEncoder, service_runtime: Embedder,

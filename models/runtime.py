@@ -155,6 +155,18 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def model_lanes(embedder: Embedder, lanes: int | None = None,
+                threads: int | None = None) -> tuple[OnnxEmbedder | None, int]:
+    """The service's lanes under load: ONNX Runtime on the CPU runs ``lanes`` single-threaded
+    calls side by side (default: one per inference thread, i.e. per usable CPU). Returns
+    the single-threaded session and the count, or ``(None, 0)`` where there are none (other
+    runtimes, or fewer than 2)."""
+    count = lanes if lanes is not None else threads or usable_cpus()
+    if isinstance(embedder, OnnxEmbedder) and count > 1:
+        return embedder.single_threaded(), count
+    return None, 0
+
+
 def cuda_may_be_available() -> bool:
     """False only where there certainly is no usable NVIDIA GPU: Linux without its device
     nodes (containers get them from the NVIDIA runtime). Lets CPU serving skip torch."""

@@ -13,8 +13,10 @@ from models.runtime import (
     DEFAULT_CHECKPOINT,
     OnnxEmbedder,
     embed_images,
+    model_lanes,
     onnx_export_path,
     open_embedder,
+    usable_cpus,
 )
 from tests.helpers import COLOURS, synthetic_image
 from training import export
@@ -87,6 +89,20 @@ def test_single_threaded_lane_session_gives_the_same_embeddings(tiny_checkpoint,
     size = main.preprocessing.image_size
     batch = np.random.default_rng(0).normal(size=(3, 3, size, size)).astype(np.float32)
     np.testing.assert_allclose(lane.embed_batch(batch), main.embed_batch(batch), atol=1e-5)
+
+
+def test_model_lanes_only_for_onnx_runtime_with_two_or_more(tiny_checkpoint, tmp_path):
+    """One rule for the service and the bench: ONNX Runtime gets single-threaded lanes, one
+    per inference thread by default; PyTorch, or fewer than two, gets none."""
+    loaded = load_checkpoint(tiny_checkpoint)
+    onnx_runtime = make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
+    lane, count = model_lanes(onnx_runtime, 3)
+    assert count == 3 and lane.session.get_session_options().intra_op_num_threads == 1
+    assert model_lanes(onnx_runtime, None, threads=4)[1] == 4
+    cores = usable_cpus()
+    assert model_lanes(onnx_runtime)[1] == (cores if cores > 1 else 0)
+    assert model_lanes(onnx_runtime, 1) == (None, 0)
+    assert model_lanes(make_embedder(loaded, "torch", "cpu"), 3) == (None, 0)
 
 
 def test_cached_export_serves_without_importing_torch(tiny_checkpoint, tmp_path):

@@ -11,7 +11,7 @@ from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.services.store import Store
-from models.runtime import OnnxEmbedder, open_embedder, usable_cpus
+from models.runtime import model_lanes, open_embedder
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ class ServiceState:
         opened = open_embedder(s.checkpoint, s.runtime, s.device, cache_dir=s.data_dir / "onnx",
                                threads=s.threads)
         embedder = opened.embedder
-        # ONNX Runtime on the CPU: under load, one single-threaded lane per core.
-        lanes = s.model_lanes if s.model_lanes is not None else s.threads or usable_cpus()
-        lane_embedder = (embedder.single_threaded()
-                         if isinstance(embedder, OnnxEmbedder) and lanes > 1 else None)
+        lane_embedder, lanes = model_lanes(embedder, s.model_lanes, s.threads)
         self.embedding = EmbeddingService(embedder, s.max_batch, s.batch_wait_ms,
                                           s.max_image_pixels, s.decode_nice, lane_embedder,
                                           lanes)
