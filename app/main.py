@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(exc, UnsupportedFormatError):
             code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
         elif isinstance(exc, ImageTooLargeError):
-            code = 413
+            code = status.HTTP_413_CONTENT_TOO_LARGE
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     if (STATIC / "index.html").is_file():

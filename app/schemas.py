@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 
-class GalleryItem(BaseModel):
+class WithImage(BaseModel):
+    """A gallery item's id, and where its stored photo is served."""
+
     id: int
+
+    @computed_field(description="GET this path for the stored photo")
+    @property
+    def image_url(self) -> str:
+        return f"/items/{self.id}/image"
+
+
+class GalleryItem(WithImage):
     label: str
     source: str = Field(description="'gallery' (from the gallery folder) or 'enrolled'")
     width: int
     height: int
     created_at: float = Field(description="Unix time")
-    image_url: str
 
 
-class SearchHit(BaseModel):
-    id: int
+class SearchHit(WithImage):
     label: str
     score: float = Field(description="cosine similarity, -1..1, higher is more similar")
-    image_url: str
 
 
 class SearchResults(BaseModel):
@@ -41,11 +48,9 @@ class Classification(BaseModel):
     took_ms: float
 
 
-class EnrolledItem(BaseModel):
-    id: int
+class EnrolledItem(WithImage):
     label: str
     created: bool = Field(description="false when these bytes were already enrolled")
-    image_url: str
 
 
 class EnrollResult(BaseModel):

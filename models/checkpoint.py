@@ -1,14 +1,13 @@
 """Checkpoint I/O: one file, state dict plus the metadata needed to rebuild the encoder.
 
-Files are written atomically (temp file in the same folder, then ``os.replace``) and read
-with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+Files are written atomically (:mod:`models.atomic`) and read with
+``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,10 +15,11 @@ from typing import Any
 
 import torch
 
+from models.atomic import atomic_write_with
 from models.backbones import DEFAULT_BACKBONE
+from models.base import IMAGENET, file_fingerprint
 from models.encoder import Encoder, EncoderConfig, build_encoder
 from models.preprocessing import Preprocessing
-from models.runtime import IMAGENET, file_fingerprint
 
 FORMAT = "fewshot-siamese-encoder"
 FORMAT_VERSION = 1
@@ -115,22 +115,7 @@ def save_checkpoint(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file private (0600); give it the usual permissions instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda handle: torch.save(obj, handle))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

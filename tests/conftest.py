@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import COLOURS, make_image_folder, make_tiny_checkpoint
-
-# Tests never touch the network: hub libraries fail at once instead of trying.
+# Tests never touch the network: hub libraries fail at once instead of trying. Set before
+# anything imports them, since they read these variables once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from tests.helpers import COLOURS, make_image_folder, make_tiny_checkpoint  # noqa: E402
 
 GROCERY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "grocery"
 

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
@@ -18,7 +12,6 @@ from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.encoder import EncoderConfig, build_encoder
 from models.preprocessing import Preprocessing
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = "timm:test_efficientnet"  # ~100k parameters, random init, builds offline
 TINY_SIZE = 64
 COLOURS = {
@@ -74,41 +67,3 @@ def make_tiny_checkpoint(path: Path, embedding_dim: int = 16, seed: int = 0,
                           class_names=class_names or [])
     save_checkpoint(path, encoder.eval(), meta)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def service(cmd: list[str], env: dict[str, str], port: int,
-            timeout: float = 240) -> Iterator[subprocess.Popen]:
-    """Run the service as a process until /readyz says ready; stop it afterwards.
-    Its output goes to service-<port>.log beside DATA_DIR."""
-    log_path = Path(env["DATA_DIR"]).parent / f"service-{port}.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        try:
-            deadline = time.time() + timeout
-            while True:
-                assert process.poll() is None, (
-                    f"service exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    url = f"http://127.0.0.1:{port}/readyz"
-                    if httpx.get(url, timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.time() < deadline, "service did not become ready"
-                time.sleep(0.25)
-            yield process
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()

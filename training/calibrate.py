@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from models.checkpoint import load_checkpoint
-from models.inference import make_embedder
 from models.prototypes import prototypes
+from models.runtimes.factory import open_embedder
 from training.data import class_list, scan_image_folder
 from training.embedding import embed_folder_cached
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     unknown = args.unknown_classes
     loaded = load_checkpoint(args.checkpoint, image_size=args.image_size)
-    embedder = make_embedder(loaded, args.runtime, "cpu", cache_dir=args.cache)
+    embedder = open_embedder(loaded, args.runtime, "cpu", cache_dir=args.cache).embedder
 
     def embed(folder):
         return embed_folder_cached(embedder, folder, args.cache, loaded.fingerprint)

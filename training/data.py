@@ -41,12 +41,6 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def class_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.classes, 0)
-        for sample in self.samples:
-            counts[self.classes[sample.label]] += 1
-        return counts
-
 
 def class_list(text: str) -> list[str]:
     """Parse a comma-separated class list (``--classes apple,banana``)."""

@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.atomic import atomic_write_with
+from models.base import Embedder
 from models.preprocessing import eval_transform
-from models.runtime import Embedder
 from training.data import ImageDataset, ImageFolder
 
 
@@ -56,10 +57,8 @@ def embed_folder_cached(
         for sample, vector in zip(missing, embed_folder(embedder, subset, **kwargs),
                                   strict=True):
             known[str(sample.path)] = vector
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, paths=np.array(list(known)), vectors=np.stack(list(known.values())))
-        tmp.replace(path)
+        atomic_write_with(path, lambda handle: np.savez(
+            handle, paths=np.array(list(known)), vectors=np.stack(list(known.values()))))
     return np.stack([known[str(s.path)] for s in folder.samples])
 
 

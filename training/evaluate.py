@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from models.base import DEFAULT_CHECKPOINT, IMAGENET
 from models.checkpoint import load_checkpoint
-from models.inference import make_embedder, resolve_device
-from models.runtime import DEFAULT_CHECKPOINT, IMAGENET
+from models.runtimes.eager import resolve_device
+from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list, scan_image_folder
 from training.embedding import default_workers, embed_folder_cached
 from training.metrics import fewshot_accuracy, retrieval_metrics
@@ -68,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def evaluate(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     loaded = load_checkpoint(args.checkpoint, device=device, image_size=args.image_size)
-    embedder = make_embedder(loaded, args.runtime, str(device),
-                             cache_dir=args.cache or Path(tempfile.gettempdir()))
+    embedder = open_embedder(loaded, args.runtime, str(device),
+                             cache_dir=args.cache or Path(tempfile.gettempdir())).embedder
 
     def embed(folder: ImageFolder, desc: str) -> np.ndarray:
         return embed_folder_cached(embedder, folder, args.cache, loaded.fingerprint,

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.base import DEFAULT_CHECKPOINT
 from models.checkpoint import load_checkpoint
-from models.inference import TorchEmbedder, export_onnx
-from models.runtime import DEFAULT_CHECKPOINT, OnnxEmbedder
+from models.runtimes.eager import TorchEmbedder
+from models.runtimes.onnx import OnnxEmbedder
+from models.runtimes.onnx_export import export_onnx
 
 
 def main(argv: list[str] | None = None) -> float:

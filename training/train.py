@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ from tqdm import tqdm
 from models.backbones import DEFAULT_BACKBONE, backbone_stages
 from models.checkpoint import CheckpointMeta, atomic_torch_save, save_checkpoint
 from models.encoder import Encoder, EncoderConfig, build_encoder
-from models.inference import TorchEmbedder, resolve_device
 from models.preprocessing import Preprocessing, eval_transform, train_transform
+from models.runtimes.eager import TorchEmbedder, resolve_device
 from training.data import (
     ImageDataset,
     ImageFolder,
@@ -226,6 +227,110 @@ def validate(encoder: Encoder, val: ImageFolder | None, gallery: ImageFolder | N
         return {}
 
 
+def make_loader(args: argparse.Namespace, train: ImageFolder,
+                augment) -> tuple[DataLoader, PKSampler | None]:
+    """Offline: fixed random triplets, shuffled. Online: P x K batches for the miners."""
+    if args.mining == "offline":
+        count = args.steps_per_epoch * args.p * args.k // 3 or len(train)
+        triplets = random_triplets(train.labels, count, torch.Generator().manual_seed(args.seed))
+        loader = DataLoader(TripletDataset(train, augment, triplets), shuffle=True,
+                            batch_size=max(1, args.p * args.k // 3), num_workers=args.workers,
+                            drop_last=True)
+        return loader, None
+    sampler = PKSampler(train.labels, args.p, args.k, seed=args.seed)
+    if args.steps_per_epoch:
+        sampler.num_batches = args.steps_per_epoch
+    return DataLoader(ImageDataset(train, augment), batch_sampler=sampler,
+                      num_workers=args.workers), sampler
+
+
+@dataclass
+class Schedule:
+    """Learning rates by step: each group's base rate times :func:`lr_factor`."""
+
+    base_lrs: list[float]
+    total_steps: int
+    warmup_steps: int
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        for group, base in zip(optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * lr_factor(step, self.total_steps, self.warmup_steps)
+
+
+def train_one_epoch(encoder: Encoder, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, schedule: Schedule, step: int,
+                    args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None,
+                    teacher: Encoder | None, desc: str) -> tuple[dict[str, float], int]:
+    """One pass over ``loader``: mine triplets in each batch, step. Returns the epoch's mean
+    loss, share of active triplets and distillation loss, and the next step number."""
+    sums = {"loss": 0.0, "active": 0.0, "distill": 0.0}
+    bar = tqdm(loader, desc=desc, unit="batch")
+    for batch in bar:
+        if args.mining == "offline":
+            images = batch.transpose(0, 1).reshape(-1, *batch.shape[2:])  # [A; P; N]
+            n = batch.shape[0]
+            index = torch.arange(n, device=device)
+            mined = (index, index + n, index + 2 * n)
+        else:
+            images, labels = batch
+            labels = labels.to(device)
+        images = images.to(device, non_blocking=True)
+        images = images.contiguous(memory_format=torch.channels_last)
+        schedule.apply(optimizer, step)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            embeddings = encoder(images)
+            teacher_embeddings = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_embeddings = teacher(images)
+        if args.mining == "batch-hard":
+            mined = batch_hard(embeddings, labels)
+        elif args.mining == "semi-hard":
+            mined = semi_hard(embeddings, labels, args.margin)
+        loss, active = mined_triplet_loss(embeddings, mined, args.margin)
+        if teacher_embeddings is not None:
+            distill = similarity_distillation_loss(embeddings, teacher_embeddings)
+            loss = loss + args.distill_weight * distill
+            sums["distill"] += float(distill.detach())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        sums["loss"] += float(loss.detach())
+        sums["active"] += active
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", active=f"{active:.2f}")
+    return {k: v / max(1, len(loader)) for k, v in sums.items()}, step
+
+
+@dataclass
+class ResumeState:
+    """What ``--resume`` continues from: saved after every epoch to ``<out>.last``."""
+
+    epoch: int = 0  # epochs done
+    best: float = -1.0  # best validation score so far
+    history: list[dict] = field(default_factory=list)
+    initial_head: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def save(self, path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer) -> None:
+        atomic_torch_save({"model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                           "epoch": self.epoch, "best": self.best, "history": self.history,
+                           "rng": torch.get_rng_state(), "initial_head": self.initial_head},
+                          path)
+
+    @classmethod
+    def load(cls, path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> ResumeState:
+        """Restore the weights, the optimizer and torch's RNG from ``path``."""
+        state = torch.load(path, map_location=device, weights_only=True)
+        encoder.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        return cls(state["epoch"], state["best"], state["history"], state["initial_head"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -264,115 +369,53 @@ def main(argv: list[str] | None = None) -> dict:
          {"params": backbone_params, "lr": args.lr * args.backbone_lr_mult}],
         weight_decay=args.weight_decay,
     )
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-
     augment = train_transform(pre, args.augment) if args.augment > 0 else eval_transform(pre)
-    if args.mining == "offline":
-        count = args.steps_per_epoch * args.p * args.k // 3 or len(train)
-        gen = torch.Generator().manual_seed(args.seed)
-        triplets = random_triplets(train.labels, count, gen)
-        loader = DataLoader(TripletDataset(train, augment, triplets), shuffle=True,
-                            batch_size=max(1, args.p * args.k // 3), num_workers=args.workers,
-                            drop_last=True)
-        sampler = None
-    else:
-        sampler = PKSampler(train.labels, args.p, args.k, seed=args.seed)
-        if args.steps_per_epoch:
-            sampler.num_batches = args.steps_per_epoch
-        loader = DataLoader(ImageDataset(train, augment), batch_sampler=sampler,
-                            num_workers=args.workers)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * args.epochs
-    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    loader, sampler = make_loader(args, train, augment)
+    schedule = Schedule([group["lr"] for group in optimizer.param_groups],
+                        len(loader) * args.epochs, round(args.warmup_epochs * len(loader)))
     dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and device.type == "cuda")
 
-    start_epoch, best, history = 0, -1.0, []
+    state = ResumeState(initial_head=initial_head)
     if args.resume:
-        state = torch.load(last_path, map_location=device, weights_only=True)
-        encoder.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, history = state["epoch"], state["best"], state["history"]
-        initial_head = state["initial_head"]
-        torch.set_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+        state = ResumeState.load(last_path, encoder, optimizer, device)
+        log.info("resumed from %s at epoch %d", last_path, state.epoch)
 
     started = time.time()
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, args.epochs):
+    step = state.epoch * len(loader)
+    for epoch in range(state.epoch, args.epochs):
         encoder.train()
         for stage in frozen:
             stage.eval()  # frozen BatchNorm keeps its ImageNet statistics
         if sampler is not None:
             sampler.set_epoch(epoch)
-        sums = {"loss": 0.0, "active": 0.0, "distill": 0.0}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
-        for batch in bar:
-            if args.mining == "offline":
-                images = batch.transpose(0, 1).reshape(-1, *batch.shape[2:])  # [A; P; N]
-                n = batch.shape[0]
-                index = torch.arange(n, device=device)
-                mined = (index, index + n, index + 2 * n)
-            else:
-                images, labels = batch
-                labels = labels.to(device)
-            images = images.to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * lr_factor(step, total_steps, warmup_steps)
-            with torch.autocast(device.type, dtype=dtype or torch.float32,
-                                enabled=dtype is not None):
-                embeddings = encoder(images)
-                teacher_embeddings = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_embeddings = teacher(images)
-            if args.mining == "batch-hard":
-                mined = batch_hard(embeddings, labels)
-            elif args.mining == "semi-hard":
-                mined = semi_hard(embeddings, labels, args.margin)
-            loss, active = mined_triplet_loss(embeddings, mined, args.margin)
-            if teacher_embeddings is not None:
-                distill = similarity_distillation_loss(embeddings, teacher_embeddings)
-                loss = loss + args.distill_weight * distill
-                sums["distill"] += float(distill.detach())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            sums["loss"] += float(loss.detach())
-            sums["active"] += active
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", active=f"{active:.2f}")
-        epoch_stats = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
+        epoch_stats, step = train_one_epoch(encoder, loader, optimizer, scaler, schedule, step,
+                                            args, device, dtype, teacher,
+                                            desc=f"epoch {epoch + 1}/{args.epochs}")
         epoch_stats.update(epoch=epoch + 1, seconds=round(time.time() - started, 1))
         val_metrics = validate(encoder, val, val_gallery, pre, device, args.workers)
         epoch_stats.update({f"val_{k}": v for k, v in val_metrics.items()})
-        history.append(epoch_stats)
+        state.history.append(epoch_stats)
         log.info("epoch %d: loss %.4f, active triplets %.2f, val recall@1 %s", epoch + 1,
                  epoch_stats["loss"], epoch_stats["active"], val_metrics.get("recall@1", "n/a"))
         # No usable validation data: keep the latest epoch.
         score = val_metrics["recall@1"] if val_metrics else float(epoch + 1)
-        if score > best:
-            best = score
+        if score > state.best:
+            state.best = score
             meta = CheckpointMeta(
                 encoder=EncoderConfig(args.backbone, args.embedding_dim), preprocessing=pre,
                 class_names=train.classes, train_args=_jsonable(vars(args)),
-                metrics={"best_epoch": epoch + 1, "val": val_metrics, "history": history,
+                metrics={"best_epoch": epoch + 1, "val": val_metrics, "history": state.history,
                          "train_images": len(train)},
-                extra={"initial_head": initial_head,
+                extra={"initial_head": state.initial_head,
                        "pretrained_backbone": not args.no_pretrained},
             )
             save_checkpoint(args.out, encoder, meta, half=args.half)
             log.info("saved best checkpoint to %s", args.out)
-        atomic_torch_save({"model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                           "epoch": epoch + 1, "best": best, "history": history,
-                           "rng": torch.get_rng_state(), "initial_head": initial_head},
-                          last_path)
+        state.epoch = epoch + 1
+        state.save(last_path, encoder, optimizer)
     log.info("done in %.0f s; best checkpoint %s", time.time() - started, args.out)
-    return {"history": history, "best": best, "encoder": encoder}
+    return {"history": state.history, "best": state.best, "encoder": encoder}
 
 
 def _jsonable(values: dict) -> dict:

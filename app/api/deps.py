@@ -6,11 +6,15 @@ its thread pool, and six thread hops per request cost more than the work they do
 from __future__ import annotations
 
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+import numpy as np
+from fastapi import Depends, File, HTTPException, Request, Security, UploadFile, status
 from fastapi.security import APIKeyHeader
 
+from app.api.uploads import decode_upload, read_upload
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
@@ -50,6 +54,31 @@ async def get_embedding(state: StateDep, _: GalleryDep) -> EmbeddingService:
 
 
 EmbeddingDep = Annotated[EmbeddingService, Depends(get_embedding)]
+
+
+@dataclass(frozen=True)
+class EmbeddedPhoto:
+    """An uploaded query photo, read, decoded and embedded."""
+
+    vector: np.ndarray
+    started: float  # time.perf_counter() when the upload had arrived
+
+    @property
+    def took_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+async def embed_uploaded_photo(
+    file: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, ...)")],
+    embedding: EmbeddingDep,
+    settings: SettingsDep,
+) -> EmbeddedPhoto:
+    started = time.perf_counter()
+    image = await decode_upload(await read_upload(file, settings), embedding)
+    return EmbeddedPhoto(await embedding.embed(image.model_input), started)
+
+
+PhotoDep = Annotated[EmbeddedPhoto, Depends(embed_uploaded_photo)]
 
 
 def _check_key(settings: Settings, given: str | None) -> None:

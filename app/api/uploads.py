@@ -21,7 +21,7 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
     data = await file.read(limit + 1)
     name = file.filename or "upload"
     if len(data) > limit:
-        raise HTTPException(413,
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"{name}: file is larger than the {settings.max_upload_mb:g} MB limit")
     if not data:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}: the file is empty")
@@ -38,17 +38,17 @@ async def decode_upload(data: bytes, embedding: EmbeddingService) -> NewImage:
 def clean_label(raw: str) -> str:
     label = unicodedata.normalize("NFC", raw).strip()
     if not label:
-        raise HTTPException(422, "label must not be empty")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "label must not be empty")
     if len(label) > MAX_LABEL_LENGTH:
-        raise HTTPException(422,
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"label is longer than {MAX_LABEL_LENGTH} characters")
     if any(unicodedata.category(ch).startswith("C") for ch in label):
-        raise HTTPException(422,
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             "label must not contain control or invisible characters")
     if not any(ch.isalnum() for ch in label):
-        raise HTTPException(422,
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             "label must contain at least one letter or digit")
     if label.lower() in RESERVED_LABELS:
-        raise HTTPException(422,
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"{label!r} is reserved: /classify answers it for unknown photos")
     return label

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.runtime import DEFAULT_CHECKPOINT
+from models.base import DEFAULT_CHECKPOINT
 
 
 class Settings(BaseSettings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from starlette import status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Multipart framing and form fields come on top of the files themselves.
@@ -52,7 +53,7 @@ class BodySizeLimit:
     async def _reject(self, send: Send) -> None:
         body = json.dumps({"detail": f"request body is larger than the upload limit "
                                      f"({self.max_bytes / 2**20:g} MB per file)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await send({"type": "http.response.start", "status": status.HTTP_413_CONTENT_TOO_LARGE,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

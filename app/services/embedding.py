@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.core.config import Settings
+from models.base import Embedder
 from models.preprocessing import load_image, preprocess
-from models.runtime import Embedder
 
 log = logging.getLogger(__name__)
 SHUTTING_DOWN = "the service is shutting down"
@@ -49,16 +50,16 @@ Waiting = tuple[np.ndarray, asyncio.Future]
 
 
 class EmbeddingService:
-    def __init__(self, embedder: Embedder, max_batch: int = 32, wait_ms: float = 4.0,
-                 max_pixels: int = 40_000_000, decode_nice: int = 0,
-                 lane_embedder: Embedder | None = None, lanes: int = 0) -> None:
+    def __init__(self, embedder: Embedder, *, max_batch: int, batch_wait_ms: float,
+                 max_image_pixels: int, decode_nice: int, lane_embedder: Embedder | None = None,
+                 lanes: int = 0) -> None:
         self.embedder = embedder
         # Lanes: ``lane_embedder`` runs on one thread and may be called from several at once.
         self.lane_embedder = lane_embedder if lanes > 1 else None
         self.lanes = lanes if self.lane_embedder else 0
         self.max_batch = max_batch
-        self.wait_s = wait_ms / 1000
-        self.max_pixels = max_pixels
+        self.wait_s = batch_wait_ms / 1000
+        self.max_pixels = max_image_pixels
         self.draft_size = embedder.preprocessing.resize_size
         self.decode_pool = ThreadPoolExecutor(thread_name_prefix="decode",
                                               initializer=lower_thread_priority,
@@ -71,6 +72,14 @@ class EmbeddingService:
         self.stopping = False
         self.workers: list[threading.Thread] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_settings(cls, embedder: Embedder, settings: Settings,
+                      lane_embedder: Embedder | None = None, lanes: int = 0) -> EmbeddingService:
+        """The service as ``settings`` configure it (their defaults are the only ones)."""
+        return cls(embedder, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
+                   max_image_pixels=settings.max_image_pixels,
+                   decode_nice=settings.decode_nice, lane_embedder=lane_embedder, lanes=lanes)
 
     @property
     def dim(self) -> int:

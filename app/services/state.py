@@ -11,7 +11,7 @@ from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.services.store import Store
-from models.runtime import model_lanes, open_embedder
+from models.runtimes.factory import model_lanes, open_embedder
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,8 @@ class ServiceState:
     settings: Settings
     ready: bool = False
     detail: str = "starting: loading the model"
-    error: str | None = None
     gallery: Gallery | None = None
     embedding: EmbeddingService | None = None
-    store: Store | None = None
     checkpoint: str | None = None
     runtime: str | None = None
     device: str | None = None
@@ -47,8 +45,7 @@ class ServiceState:
                      len(self.gallery.index), stats)
         except Exception as exc:  # reported through /readyz and the log, never swallowed
             log.exception("start-up failed")
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.detail = f"start-up failed: {self.error}"
+            self.detail = f"start-up failed: {type(exc).__name__}: {exc}"
 
     def _load_model(self) -> None:
         s = self.settings
@@ -56,12 +53,9 @@ class ServiceState:
                                threads=s.threads)
         embedder = opened.embedder
         lane_embedder, lanes = model_lanes(embedder, s.model_lanes, s.threads)
-        self.embedding = EmbeddingService(embedder, s.max_batch, s.batch_wait_ms,
-                                          s.max_image_pixels, s.decode_nice, lane_embedder,
-                                          lanes)
+        self.embedding = EmbeddingService.from_settings(embedder, s, lane_embedder, lanes)
         self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
-        self.store = Store(s.data_dir)
-        self.gallery = Gallery(self.store, self.embedding, opened.fingerprint)
+        self.gallery = Gallery(Store(s.data_dir), self.embedding, opened.fingerprint)
         log.info("loaded %s (fingerprint %s) on %s with runtime %s, %d model lanes under load",
                  s.checkpoint, opened.fingerprint, opened.device, embedder.name,
                  self.embedding.lanes)
@@ -76,5 +70,5 @@ class ServiceState:
     async def stop(self) -> None:
         if self.embedding is not None:
             await self.embedding.stop()
-        if self.store is not None:
-            self.store.close()
+        if self.gallery is not None:
+            self.gallery.store.close()

@@ -7,7 +7,6 @@ acknowledged survives a crash or ``kill -9``.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from models.atomic import atomic_write_with
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -130,14 +131,7 @@ class Store:
         target = self.data_dir / relative
         if target.exists():
             return relative.as_posix()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        atomic_write_with(target, lambda handle: handle.write(data))
         return relative.as_posix()
 
     def insert_items(
@@ -198,13 +192,3 @@ class Store:
 def _blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

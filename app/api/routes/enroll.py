@@ -34,7 +34,7 @@ async def enroll(
     stored durably. The same bytes under the same label return the existing item."""
     label = clean_label(label)
     if len(file) > settings.max_files_per_enroll:
-        raise HTTPException(413,
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"at most {settings.max_files_per_enroll} files per request")
     images = [await decode_upload(await read_upload(f, settings), embedding) for f in file]
     vectors = np.stack(await asyncio.gather(*(embedding.embed(i.model_input) for i in images)))
@@ -42,7 +42,5 @@ async def enroll(
     if not any(created for _, created in results):
         response.status_code = status.HTTP_200_OK
     return EnrollResult(items=[
-        EnrolledItem(id=item.id, label=item.label, created=created,
-                     image_url=f"/items/{item.id}/image")
-        for item, created in results
+        EnrolledItem(id=item.id, label=item.label, created=created) for item, created in results
     ])

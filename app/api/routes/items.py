@@ -17,8 +17,7 @@ router = APIRouter(tags=["gallery"])
 
 def to_schema(item: Item) -> GalleryItem:
     return GalleryItem(id=item.id, label=item.label, source=item.source, width=item.width,
-                       height=item.height, created_at=item.created_at,
-                       image_url=f"/items/{item.id}/image")
+                       height=item.height, created_at=item.created_at)
 
 
 def find_item(gallery: Gallery, item_id: int) -> Item:

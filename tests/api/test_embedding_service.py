@@ -7,11 +7,18 @@ import time
 import numpy as np
 import pytest
 
+from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.index import ReadWriteLock
 from models.preprocessing import Preprocessing
 from tests.helpers import jpeg_bytes, synthetic_image
 
+
+def embedding_service(embedder, lane_embedder=None, lanes: int = 0,
+                      **settings) -> EmbeddingService:
+    """The service with the defaults of ``Settings`` but for ``settings``."""
+    return EmbeddingService.from_settings(embedder, Settings(_env_file=None, **settings),
+                                          lane_embedder, lanes)
 
 class RecordingEmbedder:
     """Returns each input's first pixel as its 'embedding' and records batch sizes."""
@@ -34,7 +41,7 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_results():
     embedder = RecordingEmbedder()
 
     async def scenario():
-        service = EmbeddingService(embedder, max_batch=8, wait_ms=20)
+        service = embedding_service(embedder, max_batch=8, batch_wait_ms=20)
         await service.start()
         try:
             inputs = [np.full((3, 8, 8), float(i), np.float32) for i in range(20)]
@@ -53,7 +60,7 @@ def test_a_lone_request_does_not_wait_for_the_window():
     embedder = RecordingEmbedder(delay=0)
 
     async def scenario():
-        service = EmbeddingService(embedder, max_batch=32, wait_ms=2000)
+        service = embedding_service(embedder, max_batch=32, batch_wait_ms=2000)
         await service.start()
         start = time.perf_counter()
         await service.embed(np.zeros((3, 8, 8), np.float32))
@@ -74,7 +81,7 @@ def test_a_failing_batch_fails_its_requests_not_the_worker():
             return super().embed_batch(batch)
 
     async def scenario():
-        service = EmbeddingService(Flaky(delay=0), max_batch=4, wait_ms=1)
+        service = embedding_service(Flaky(delay=0), max_batch=4, batch_wait_ms=1)
         await service.start()
         with pytest.raises(RuntimeError, match="boom"):
             await service.embed(np.zeros((3, 8, 8), np.float32))
@@ -108,7 +115,7 @@ def test_under_load_lanes_take_one_image_each_side_by_side():
     main, lanes = RecordingEmbedder(), LaneEmbedder(delay=0.05)
 
     async def scenario():
-        service = EmbeddingService(main, max_batch=32, wait_ms=1, lane_embedder=lanes, lanes=2)
+        service = embedding_service(main, lanes, 2, max_batch=32, batch_wait_ms=1)
         await service.start()
         try:
             inputs = [np.full((3, 8, 8), float(i), np.float32) for i in range(20)]
@@ -126,7 +133,7 @@ def test_a_lone_request_on_an_idle_service_gets_the_all_core_call():
     main, lanes = RecordingEmbedder(delay=0), LaneEmbedder(delay=0)
 
     async def scenario():
-        service = EmbeddingService(main, lane_embedder=lanes, lanes=2)
+        service = embedding_service(main, lane_embedder=lanes, lanes=2)
         await service.start()
         try:
             for i in range(3):  # one after another: never more than one waiting
@@ -156,7 +163,7 @@ def test_lanes_wait_for_an_all_core_call_in_flight():
                 spans.append((self.kind, start, time.perf_counter()))
 
     async def scenario():
-        service = EmbeddingService(Timed("all", 0.2), lane_embedder=Timed("lane", 0.01),
+        service = embedding_service(Timed("all", 0.2), lane_embedder=Timed("lane", 0.01),
                                    lanes=2)
         await service.start()
         try:
@@ -179,7 +186,7 @@ def test_lanes_wait_for_an_all_core_call_in_flight():
 
 def test_a_stopped_service_refuses_new_requests():
     async def scenario():
-        service = EmbeddingService(RecordingEmbedder(delay=0))
+        service = embedding_service(RecordingEmbedder(delay=0))
         await service.start()
         await service.stop()
         with pytest.raises(RuntimeError, match="shutting down"):
@@ -224,7 +231,7 @@ def test_stopping_answers_calls_in_flight_and_fails_the_waiting_instead_of_hangi
     embedder, lane_embedder = RecordingEmbedder(delay=0.05), LaneEmbedder(0.05)
 
     async def scenario():
-        service = EmbeddingService(embedder, max_batch=2, wait_ms=1,
+        service = embedding_service(embedder, max_batch=2, batch_wait_ms=1,
                                    lane_embedder=lane_embedder, lanes=lanes)
         await service.start()
         tasks = [asyncio.create_task(service.embed(np.full((3, 8, 8), i, np.float32)))
@@ -248,7 +255,7 @@ def test_under_load_the_window_tops_up_the_batch():
     embedder = RecordingEmbedder(delay=0)
 
     async def scenario():
-        service = EmbeddingService(embedder, max_batch=8, wait_ms=300)
+        service = embedding_service(embedder, max_batch=8, batch_wait_ms=300)
         await service.start()
         first = [asyncio.create_task(service.embed(np.zeros((3, 8, 8), np.float32)))
                  for _ in range(2)]  # two waiting at once: load
@@ -288,7 +295,7 @@ def test_uploads_decode_on_lower_priority_threads_and_the_rest_keeps_its_own():
 
     async def scenario(nice: int):
         embedder = NiceRecording(delay=0)
-        service = EmbeddingService(embedder, decode_nice=nice)
+        service = embedding_service(embedder, decode_nice=nice)
         await service.start()
         try:
             image, model_input = await service.decode_async(

@@ -1,110 +1,43 @@
-"""The service as a real process: the container's exact command outside Docker, and a
-``kill -9`` right after an acknowledged enrolment."""
+"""The bench's own parts: its HTTP load generator against the real service, its CPU
+accounting, its ratios and its targets, and the alternating embedding timings."""
 
+import asyncio
 import json
 import os
-import re
-import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import (
-    COLOURS,
-    ROOT,
-    free_port,
-    jpeg_bytes,
-    make_image_folder,
-    service,
-    synthetic_image,
-)
+import bench.embedding
+from bench.harness import free_port, process_cpu_s, service
+from bench.http_load import BareConnection, search_latencies, search_request, search_throughput
+from bench.report import TARGETS, Target, cpu_rows, load_ratio
+from models.base import usable_cpus
+from models.checkpoint import load_checkpoint
+from tests.helpers import COLOURS, make_image_folder
 
 
-def dockerfile_runtime() -> tuple[dict[str, str], list[str], list[str]]:
-    """ENV, CMD and HEALTHCHECK CMD of the Dockerfile's final stage."""
-    text = ROOT.joinpath("Dockerfile").read_text().replace("\\\n", " ")
-    final = text[text.rindex("\nFROM "):]
-    env: dict[str, str] = {}
-    for line in final.splitlines():
-        if line.startswith("ENV "):
-            env.update(dict(pair.split("=", 1) for pair in shlex.split(line[4:])))
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", final, re.M).group(1))
-    health = json.loads(re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", final, re.M).group(1))
-    return env, cmd, health
-
-
-def base_env(**values: str) -> dict[str, str]:
+def service_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHECKPOINT", "API_KEY"))}
     env.update(values)
     return env
 
 
-def test_container_command_and_environment_outside_docker(tmp_path):
-    docker_env, cmd, health = dockerfile_runtime()
-    assert cmd == ["python", "-m", "app"]
-    port = free_port()
-    gallery = make_image_folder(tmp_path / "gallery", {"red": COLOURS["red"]}, per_class=3)
-    env = base_env(**{k: v.replace("/app/", f"{ROOT}/") for k, v in docker_env.items()
-                      if k not in {"PATH", "VIRTUAL_ENV"}})
-    # The container's paths, mapped onto this checkout and a temporary data volume.
-    env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(tmp_path / "data"),
-               GALLERY_DIR=str(gallery))
-    assert env["CHECKPOINT"] == f"{ROOT}/models/checkpoints/default.pt"
-    exe = [sys.executable, *cmd[1:]]
-    with service(exe, env, port):
-        ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
-        assert ready["status"] == "ready" and ready["gallery_items"] == 3
-        check = subprocess.run([sys.executable, *health[1:]], env=env, timeout=30)
-        assert check.returncode == 0
-
-
-@pytest.mark.parametrize("signal_to_send", [signal.SIGKILL])
-def test_acknowledged_enrolment_survives_kill_9(tiny_checkpoint, tmp_path, signal_to_send):
-    port = free_port()
-    env = base_env(PORT=str(port), HOST="127.0.0.1", CHECKPOINT=str(tiny_checkpoint),
-                   DATA_DIR=str(tmp_path / "data"), GALLERY_DIR="", LOG_LEVEL="WARNING")
-    cmd = [sys.executable, "-m", "app"]
-    acknowledged = []
-    with service(cmd, env, port) as process:
-        for i in range(3):
-            data = jpeg_bytes(synthetic_image(COLOURS["cyan"], 40 + i))
-            r = httpx.post(f"http://127.0.0.1:{port}/enroll", data={"label": f"kind-{i}"},
-                           files={"file": ("p.jpg", data, "image/jpeg")}, timeout=30)
-            assert r.status_code == 201
-            acknowledged.append((r.json()["items"][0]["id"], f"kind-{i}", data))
-        process.send_signal(signal_to_send)
-        process.wait(10)
-    with service(cmd, env, port):
-        for item_id, label, data in acknowledged:
-            item = httpx.get(f"http://127.0.0.1:{port}/items/{item_id}").json()
-            assert item["label"] == label
-            image = httpx.get(f"http://127.0.0.1:{port}/items/{item_id}/image")
-            assert image.content == data
-            top = httpx.post(f"http://127.0.0.1:{port}/search",
-                             files={"file": ("q.jpg", data, "image/jpeg")}).json()["results"][0]
-            assert top["id"] == item_id
-
-
+@pytest.mark.slow
 def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_path):
     """`make bench` measures /search with its own bare HTTP client: the service must parse
     its requests, and an error answer must fail the benchmark, not pass as a fast request."""
-    import asyncio
-
-    from bench.run import BareConnection, search_latencies, search_request, search_throughput
-
     port = free_port()
     gallery = make_image_folder(tmp_path / "gallery", {n: COLOURS[n] for n in ("red", "blue")},
                                 per_class=3)
-    env = base_env(PORT=str(port), HOST="127.0.0.1", CHECKPOINT=str(tiny_checkpoint),
-                   DATA_DIR=str(tmp_path / "data"), GALLERY_DIR=str(gallery),
-                   LOG_LEVEL="WARNING")
+    env = service_env(PORT=str(port), HOST="127.0.0.1", CHECKPOINT=str(tiny_checkpoint),
+                      DATA_DIR=str(tmp_path / "data"), GALLERY_DIR=str(gallery),
+                      LOG_LEVEL="WARNING")
 
     async def one(request: bytes) -> dict:
         connection = await BareConnection.open(port)
@@ -139,8 +72,6 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
 def test_bench_cpu_accounting():
     """The bench reads a process's CPU time from /proc and turns the 16-client rounds into
     a ceiling: the model's CPU per image over all CPU spent per request."""
-    from bench.run import cpu_rows, process_cpu_s
-    from models.runtime import usable_cpus
 
     # The child says when it has stopped burning, so the parent's readings cannot race it.
     child = subprocess.Popen([sys.executable, "-c",
@@ -172,8 +103,6 @@ def test_bench_cpu_accounting():
 
 
 def test_bench_load_ratio_divides_by_the_best_batch_throughput_of_the_same_minutes():
-    from bench.run import load_ratio
-
     # round by round: 60/80, 45/90 and 70/70; the bare call alone: 50 images/s
     search = {"throughput_16_clients_per_s_rounds": [60.0, 45.0, 70.0],
               "paired_b32_images_per_s_rounds": [80.0, 90.0, 70.0],
@@ -183,13 +112,21 @@ def test_bench_load_ratio_divides_by_the_best_batch_throughput_of_the_same_minut
     assert load_ratio({**search, "paired_bare_call_ms": 10.0}) == pytest.approx(0.6)
 
 
-def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkeypatch):
-    import bench.run
-    from models.checkpoint import load_checkpoint
+def test_targets_compare_in_their_direction_and_fill_the_table_cells():
+    at_least, at_most = Target(">=", 3.5, "x"), Target("<=", 1.5, "x")
+    assert at_least.met(3.5) and at_least.met(4.0) and not at_least.met(3.49)
+    assert at_most.met(1.5) and not at_most.met(1.51)
+    assert at_least.cells(3.0) == ">= 3.5x | **no** |"
+    assert Target(">=", 0.95).cells(0.998) == ">= 0.95 | yes |"
+    # every ratio the report judges has exactly one target
+    assert {"speedup_b32", "p50_over_bare", "load_ratio", "restart_speedup", "enroll_growth",
+            "hnsw_speedup_1m", "hnsw_recall_1m"} == set(TARGETS)
 
+
+def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkeypatch):
     loaded = load_checkpoint(tiny_checkpoint)
     calls, eager_runtimes = [], set()
-    eager_call = bench.run.TorchEmbedder.embed_batch
+    eager_call = bench.embedding.TorchEmbedder.embed_batch
 
     def recording_eager(self, batch):
         calls.append(("eager_cl" if self.channels_last else "eager", len(batch)))
@@ -207,9 +144,9 @@ def test_bench_embedding_times_both_runtimes_alternately(tiny_checkpoint, monkey
             time.sleep(0.001 * len(batch))  # 1 ms an image: ~1,000 images/s
             return np.zeros((len(batch), 4), np.float32)
 
-    monkeypatch.setattr(bench.run.TorchEmbedder, "embed_batch", recording_eager)
-    out = bench.run.bench_embedding(loaded, Recording(),
-                                    bench.run.SideBySide(Recording("lane"), 2))
+    monkeypatch.setattr(bench.embedding.TorchEmbedder, "embed_batch", recording_eager)
+    out = bench.embedding.bench_embedding(loaded, Recording(),
+                                    bench.embedding.SideBySide(Recording("lane"), 2))
     # The runtimes take turns in blocks (an untimed call, then the timed ones); the lanes
     # take the batch one image a call (at batch 1, the service's all-core call runs alone).
     assert calls == ([("eager", 1)] * 5 + [("eager_cl", 1)] * 5 + [("service", 1)] * 5) * 5 + (

@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.core.config import Settings
 from app.main import create_app
-from models.runtime import usable_cpus
+from models.base import usable_cpus
 from tests.helpers import COLOURS, jpeg_bytes, make_image_folder, make_tiny_checkpoint, png_bytes
 from tests.helpers import synthetic_image as synth
 

@@ -4,9 +4,13 @@ runs it. (The photos are read from ../shared; none are copied into the repositor
 import sys
 
 import httpx
+import pytest
 
-from models.runtime import DEFAULT_CHECKPOINT
-from tests.helpers import free_port, service
+from bench.harness import free_port, service
+from models.base import DEFAULT_CHECKPOINT
+
+# They start the service as a process (or a browser): deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 GALLERY_CLASSES = ["Banana", "Granny-Smith", "Red-Delicious", "Lemon", "Lime", "Carrots",
                    "Arla-Medium-Fat-Milk", "Oatly-Natural-Oatghurt", "Yellow-Onion", "Cucumber"]

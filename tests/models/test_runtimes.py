@@ -7,17 +7,11 @@ import onnx
 import pytest
 import torch
 
+from models.base import DEFAULT_CHECKPOINT, embed_images, usable_cpus
 from models.checkpoint import CheckpointError, at_image_size, load_checkpoint
-from models.inference import TorchEmbedder, make_embedder
-from models.runtime import (
-    DEFAULT_CHECKPOINT,
-    OnnxEmbedder,
-    embed_images,
-    model_lanes,
-    onnx_export_path,
-    open_embedder,
-    usable_cpus,
-)
+from models.runtimes.eager import TorchEmbedder
+from models.runtimes.factory import model_lanes, open_embedder
+from models.runtimes.onnx import OnnxEmbedder, onnx_cache_path
 from tests.helpers import COLOURS, synthetic_image
 from training import export
 
@@ -32,7 +26,7 @@ def test_default_encoder_same_embeddings_and_top5_in_both_runtimes(tmp_path):
     """The real default model (EfficientNet-Lite0 + head): ONNX Runtime and PyTorch agree."""
     loaded = load_checkpoint(DEFAULT_CHECKPOINT)
     torch_runtime = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing)
-    onnx_runtime = make_embedder(loaded, "auto", "cpu", cache_dir=tmp_path)
+    onnx_runtime = open_embedder(loaded, "auto", "cpu", cache_dir=tmp_path).embedder
     assert isinstance(onnx_runtime, OnnxEmbedder)
     images = [synthetic_image(colour, seed, 120) for seed in range(4)
               for colour in COLOURS.values()]
@@ -45,7 +39,7 @@ def test_default_encoder_same_embeddings_and_top5_in_both_runtimes(tmp_path):
         assert list(top_a) == list(top_b)
     # Second call reuses the cached export instead of exporting again.
     exported = list(tmp_path.glob("*.onnx"))
-    assert exported == [onnx_export_path(tmp_path, loaded.fingerprint)]
+    assert exported == [onnx_cache_path(tmp_path, loaded.fingerprint)]
     # TF 'same' padding is exported as constants, not computed from the input shape.
     ops = {node.op_type for node in onnx.load(str(exported[0])).graph.node}
     assert "Conv" in ops and "Ceil" not in ops
@@ -53,16 +47,16 @@ def test_default_encoder_same_embeddings_and_top5_in_both_runtimes(tmp_path):
     assert onnx_runtime.fingerprint == loaded.fingerprint
     assert onnx_runtime.preprocessing == loaded.meta.preprocessing and onnx_runtime.dim == 128
     mtime = exported[0].stat().st_mtime_ns
-    make_embedder(loaded, "auto", "cpu", cache_dir=tmp_path)
+    open_embedder(loaded, "auto", "cpu", cache_dir=tmp_path)
     assert exported[0].stat().st_mtime_ns == mtime
 
 
 def test_runtime_choice(tiny_checkpoint, tmp_path):
     loaded = load_checkpoint(tiny_checkpoint)
-    assert make_embedder(loaded, "torch", "cpu").name == "torch"
-    assert make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path).name == "onnx"
+    assert open_embedder(loaded, "torch", "cpu").embedder.name == "torch"
+    assert open_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path).embedder.name == "onnx"
     if not torch.cuda.is_available():
-        assert make_embedder(loaded, "auto", "auto", cache_dir=tmp_path).name == "onnx"
+        assert open_embedder(loaded, "auto", "auto", cache_dir=tmp_path).embedder.name == "onnx"
 
 
 def test_torch_memory_formats_give_the_same_embeddings(tiny_checkpoint):
@@ -82,7 +76,7 @@ def test_torch_memory_formats_give_the_same_embeddings(tiny_checkpoint):
 def test_single_threaded_lane_session_gives_the_same_embeddings(tiny_checkpoint, tmp_path):
     """The service's lanes: a second session of the same export on one thread."""
     loaded = load_checkpoint(tiny_checkpoint)
-    main = make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
+    main = open_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path).embedder
     lane = main.single_threaded()
     assert lane.session.get_session_options().intra_op_num_threads == 1
     assert lane.fingerprint == main.fingerprint and lane.preprocessing == main.preprocessing
@@ -95,14 +89,14 @@ def test_model_lanes_only_for_onnx_runtime_with_two_or_more(tiny_checkpoint, tmp
     """One rule for the service and the bench: ONNX Runtime gets single-threaded lanes, one
     per inference thread by default; PyTorch, or fewer than two, gets none."""
     loaded = load_checkpoint(tiny_checkpoint)
-    onnx_runtime = make_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
+    onnx_runtime = open_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path).embedder
     lane, count = model_lanes(onnx_runtime, 3)
     assert count == 3 and lane.session.get_session_options().intra_op_num_threads == 1
     assert model_lanes(onnx_runtime, None, threads=4)[1] == 4
     cores = usable_cpus()
     assert model_lanes(onnx_runtime)[1] == (cores if cores > 1 else 0)
     assert model_lanes(onnx_runtime, 1) == (None, 0)
-    assert model_lanes(make_embedder(loaded, "torch", "cpu"), 3) == (None, 0)
+    assert model_lanes(open_embedder(loaded, "torch", "cpu").embedder, 3) == (None, 0)
 
 
 def test_cached_export_serves_without_importing_torch(tiny_checkpoint, tmp_path):
@@ -110,7 +104,7 @@ def test_cached_export_serves_without_importing_torch(tiny_checkpoint, tmp_path)
     first = open_embedder(tiny_checkpoint, "auto", "cpu", cache_dir=tmp_path)
     assert first.embedder.name == "onnx"
     code = (
-        "import sys; from models.runtime import open_embedder; "
+        "import sys; from models.runtimes.factory import open_embedder; "
         f"o = open_embedder({str(tiny_checkpoint)!r}, 'auto', 'cpu', cache_dir={str(tmp_path)!r}); "
         "print(o.embedder.name, o.fingerprint, 'torch' in sys.modules, 'timm' in sys.modules)"
     )
@@ -121,9 +115,9 @@ def test_cached_export_serves_without_importing_torch(tiny_checkpoint, tmp_path)
 
 def test_damaged_cached_export_is_replaced(tiny_checkpoint, tmp_path, caplog):
     loaded = load_checkpoint(tiny_checkpoint)
-    path = onnx_export_path(tmp_path, loaded.fingerprint)
+    path = onnx_cache_path(tmp_path, loaded.fingerprint)
     path.write_bytes(b"not an onnx file")
-    with caplog.at_level(logging.WARNING, logger="models.runtime"):
+    with caplog.at_level(logging.WARNING, logger="models.runtimes.onnx"):
         embedder = open_embedder(tiny_checkpoint, "onnx", "cpu", cache_dir=tmp_path).embedder
     assert embedder.fingerprint == loaded.fingerprint and path.stat().st_size > 10_000
     # Tried once, removed, exported again: one warning, not one per place that looks.
@@ -134,19 +128,19 @@ def test_damaged_cached_export_is_replaced(tiny_checkpoint, tmp_path, caplog):
 
 
 def test_file_fingerprint_follows_the_file_and_hashes_each_version_once(tmp_path):
-    from models import runtime
+    from models import base
 
     path = tmp_path / "weights.pt"
     path.write_bytes(b"first weights")
-    misses = runtime._hash_file.cache_info().misses
-    first = runtime.file_fingerprint(path)
-    assert runtime.file_fingerprint(path) == first  # a second caller: no second hash
-    assert runtime._hash_file.cache_info().misses == misses + 1
+    misses = base._hash_file.cache_info().misses
+    first = base.file_fingerprint(path)
+    assert base.file_fingerprint(path) == first  # a second caller: no second hash
+    assert base._hash_file.cache_info().misses == misses + 1
     copy = tmp_path / "copy.pt"
     copy.write_bytes(b"first weights")
-    assert runtime.file_fingerprint(copy) == first  # the weights, not the file name
+    assert base.file_fingerprint(copy) == first  # the weights, not the file name
     path.write_bytes(b"other weights, longer")
-    assert runtime.file_fingerprint(path) != first
+    assert base.file_fingerprint(path) != first
 
 
 def test_test_time_size_changes_input_and_fingerprint_not_weights(tiny_checkpoint, tmp_path):
@@ -160,9 +154,9 @@ def test_test_time_size_changes_input_and_fingerprint_not_weights(tiny_checkpoin
     with pytest.raises(CheckpointError, match="too small"):
         at_image_size(loaded, 8)
     # The ONNX export is made for the new size and cached under its own name.
-    embedder = make_embedder(bigger, "onnx", "cpu", cache_dir=tmp_path)
+    embedder = open_embedder(bigger, "onnx", "cpu", cache_dir=tmp_path).embedder
     assert embedder.preprocessing.image_size == 80
-    assert list(tmp_path.glob("*.onnx")) == [onnx_export_path(tmp_path, bigger.fingerprint)]
+    assert list(tmp_path.glob("*.onnx")) == [onnx_cache_path(tmp_path, bigger.fingerprint)]
     images = [synthetic_image((200, 30, 30), i) for i in range(2)]
     at_80 = embed_images(embedder, images)
     at_64 = embed_images(TorchEmbedder(loaded.encoder, loaded.meta.preprocessing), images)

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.helpers import COLOURS, free_port, jpeg_bytes, make_image_folder, service
+from bench.harness import free_port, service
+from tests.helpers import COLOURS, jpeg_bytes, make_image_folder
 from tests.helpers import synthetic_image as synth
+
+# They start the service as a process (or a browser): deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,9 +10,9 @@ from models.backbones import (
     find_lite_weights,
     load_in_order,
 )
+from models.base import embed_images
 from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from models.inference import TorchEmbedder
-from models.runtime import embed_images
+from models.runtimes.eager import TorchEmbedder
 from tests.helpers import synthetic_image
 
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
-from models.inference import TorchEmbedder
+from models.runtimes.eager import TorchEmbedder
 from tests.helpers import COLOURS, TINY_BACKBONE, make_image_folder
 from training import evaluate, train
 from training.data import scan_image_folder

@@ -1,0 +1,84 @@
+"""Running the service as a real process, and timing it: shared by the bench and the tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def service(cmd: list[str], env: dict[str, str], port: int,
+            timeout: float = 240) -> Iterator[subprocess.Popen]:
+    """Run the service as a process until /readyz says ready; stop it afterwards.
+    Its output goes to service-<port>.log beside DATA_DIR."""
+    log_path = Path(env["DATA_DIR"]).parent / f"service-{port}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                assert process.poll() is None, (
+                    f"service exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+                try:
+                    url = f"http://127.0.0.1:{port}/readyz"
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.time() < deadline, "service did not become ready"
+                time.sleep(0.25)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def start_service(data_dir: Path, gallery: Path, port: int,
+                  checkpoint: str) -> AbstractContextManager[subprocess.Popen]:
+    """``python -m app`` on ``port`` serving ``gallery``, as ``make run`` would."""
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "CHECKPOINT": checkpoint,
+           "DATA_DIR": str(data_dir), "GALLERY_DIR": str(gallery), "LOG_LEVEL": "WARNING"}
+    env.pop("API_KEY", None)
+    return service([sys.executable, "-m", "app"], env, port, timeout=1800)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
