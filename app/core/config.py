@@ -27,8 +27,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(10.0, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
     max_files_per_enroll: int = Field(32, ge=1)
-    # Cosine score below which /classify answers "unknown" (see README: chosen on
-    # validation data with classes the encoder never saw).
+    # Cosine score below which /classify answers "unknown" (chosen on validation data
+    # with classes the encoder never saw; the model card has the command).
     classify_threshold: float = Field(0.89, ge=-1.0, le=1.0)
     # Micro-batching where there are no model lanes (e.g. a GPU): under load, concurrent
     # searches wait at most this long to share one model call (a lone request never waits).

@@ -1,26 +1,20 @@
-"""Embedding in the service: decoding off the event loop and micro-batched model calls.
+"""Embedding in the service: decoding off the event loop, and model calls shared out
+among concurrent requests.
 
-Concurrent requests put their preprocessed image in a queue, and model workers (threads)
-take it from there themselves, the moment their last call ends. (Handed out by the event
-loop instead, busy answering and parsing the other requests, a worker sat idle ~10 ms
-after each call with requests waiting: traced under 16 clients.)
+Requests put their preprocessed image in a queue; model worker threads take from it the
+moment their last call ends (the event loop, busy with HTTP, would hand work out late).
 
-Without lanes (e.g. on a GPU), one worker takes up to ``max_batch`` waiting images into one
-call. A lone request is embedded at once; requests that arrive while a call runs pile up
-and go together in the next one (plus what arrives within ``wait_ms``). Under load,
-throughput approaches batch throughput, and a single client pays no batching delay.
+- With lanes (ONNX Runtime on the CPU): under load, each image goes to one of ``lanes``
+  single-threaded calls running side by side, one per core. A lane that loses its core
+  stalls only itself, where the threads of one all-core call stall together. A lone
+  request on an idle service still gets one call on all cores.
+- Without lanes (e.g. a GPU): one worker takes up to ``max_batch`` waiting images into one
+  call; a lone request goes at once, and under load what arrives within the batching
+  window joins the batch.
 
-On a CPU, under load, the images go to ``lanes`` instead: single-threaded model calls of
-one image each, side by side, one worker per core (``lane_embedder``); a lone request on an
-idle service still gets every core in one call. The threads of one call work in lock-step
-inside every operator, so whatever takes a core from one of them (decoding, HTTP, another
-tenant of the machine) stalls them all, while a lane that loses its core stalls only
-itself; and one image per single-threaded call is the fastest way to run the model on
-this CPU (README: 16-client throughput +5-9% in A/B runs against lanes that batched and
-were handed out by the event loop, themselves +9-11% against one call on all cores).
-Uploads are decoded on a pool of their own whose threads run at a lower priority
-(``decode_nice``, Linux), so that decoding fills the gaps instead of taking cores from the
-model.
+Uploads are decoded on a pool of their own at a lower priority (``decode_nice``, Linux),
+so that decoding fills the gaps instead of taking cores from the model.
+docs/performance.md has the measurements behind these choices.
 """
 
 from __future__ import annotations
@@ -158,12 +152,11 @@ class EmbeddingService:
 
     def _take(self) -> tuple[list[Waiting], bool] | None:
         """With ``changed`` held: the next batch, and whether it goes to a lane; None when
-        stopping. A lane call takes one image: on a CPU, single-threaded calls of one image
-        each are the fastest way to run the model (README), and a lane that has finished
-        takes the next at once. A lone request on an idle service gets every core. Without
-        lanes: everything waiting, up to max; a lone request goes at once (no added
-        latency), and when others are already waiting (load), what arrives within the
-        window joins too."""
+        stopping. A lane call takes one image (on a CPU the fastest way to run this model),
+        and a lane that has finished takes the next at once; a lone request on an idle
+        service gets every core. Without lanes: everything waiting, up to max; a lone
+        request goes at once (no added latency), and when others are already waiting
+        (load), what arrives within the window joins too."""
         while not self.stopping and (not self.waiting or self.all_core_call):
             self.changed.wait()
         if self.stopping:
