@@ -11,8 +11,8 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import ROOT, free_port, service  # noqa: E402
-from tests.test_web import ARGS, CHROMIUM  # noqa: E402
+from bench.harness import ROOT, free_port, service  # noqa: E402
+from tests.api.test_web import ARGS, CHROMIUM  # noqa: E402
 
 GROCERY = ROOT.parent / "shared" / "data" / "grocery"
 
