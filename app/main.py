@@ -8,16 +8,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.api.errors import install_error_handlers
+from app.api.openapi import install_openapi
 from app.api.routes import enroll, health, items, search
 from app.core.config import Settings, get_settings
 from app.core.limits import BodySizeLimit
 from app.core.metrics import Metrics, MetricsMiddleware
 from app.services.state import ServiceState
-from models.preprocessing import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("app")
@@ -50,14 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (search.router, enroll.router, items.router, health.router):
         app.include_router(router)
 
-    @app.exception_handler(ImageDecodeError)
-    async def bad_image(_: Request, exc: ImageDecodeError) -> JSONResponse:
-        code = status.HTTP_400_BAD_REQUEST
-        if isinstance(exc, UnsupportedFormatError):
-            code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
-        elif isinstance(exc, ImageTooLargeError):
-            code = status.HTTP_413_CONTENT_TOO_LARGE
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+    install_error_handlers(app)
+    install_openapi(app, settings)
 
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

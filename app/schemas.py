@@ -92,7 +92,3 @@ class Readiness(BaseModel):
         None, description="single-threaded model calls side by side under load (0: one "
                           "call on all threads)")
     gallery_items: int | None = None
-
-
-class ErrorMessage(BaseModel):
-    detail: str

@@ -11,16 +11,23 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, File, HTTPException, Request, Security, UploadFile, status
+from fastapi import Depends, File, Request, Security, UploadFile, status
 from fastapi.security import APIKeyHeader
 
+from app.api.errors import ServiceError
 from app.api.uploads import decode_upload, read_upload
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.services.state import ServiceState
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+# One header, two scheme names, so that app/api/openapi.py can keep in this instance's
+# document only the requirements its configuration enforces.
+WRITE_SCHEME, READ_SCHEME = "WriteKey", "ReadKey"
+WriteKeyHeader = Annotated[str | None, Security(APIKeyHeader(
+    name="X-API-Key", scheme_name=WRITE_SCHEME, auto_error=False))]
+ReadKeyHeader = Annotated[str | None, Security(APIKeyHeader(
+    name="X-API-Key", scheme_name=READ_SCHEME, auto_error=False))]
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -39,9 +46,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 async def get_gallery(state: StateDep) -> Gallery:
     if not state.ready or state.gallery is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the service is not ready yet ({state.detail})",
-                            headers={"Retry-After": "5"})
+        raise ServiceError(status.HTTP_503_SERVICE_UNAVAILABLE,
+                           f"the service is not ready yet ({state.detail})", "not_ready",
+                           headers={"Retry-After": "5"})
     return state.gallery
 
 
@@ -85,18 +92,17 @@ def _check_key(settings: Settings, given: str | None) -> None:
     if settings.api_key is None:
         return
     if given is None or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
-                            "a valid X-API-Key header is required for this request",
-                            headers={"WWW-Authenticate": "X-API-Key"})
+        raise ServiceError(status.HTTP_401_UNAUTHORIZED,
+                           "a valid X-API-Key header is required for this request",
+                           "unauthorized", headers={"WWW-Authenticate": "X-API-Key"})
 
 
-async def require_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]):
+async def require_key(settings: SettingsDep, key: WriteKeyHeader) -> None:
     """Enrolment and deletion: the API key, when one is set."""
     _check_key(settings, key)
 
 
-async def require_key_for_reads(settings: SettingsDep,
-                                key: Annotated[str | None, Security(api_key_header)]):
+async def require_key_for_reads(settings: SettingsDep, key: ReadKeyHeader) -> None:
     """Search and browsing: open unless SEARCH_REQUIRES_KEY is set."""
     if settings.search_requires_key:
         _check_key(settings, key)

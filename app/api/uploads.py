@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 
-from fastapi import HTTPException, UploadFile, status
+from fastapi import UploadFile, status
 
+from app.api.errors import ServiceError
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import NewImage
@@ -21,10 +22,12 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
     data = await file.read(limit + 1)
     name = file.filename or "upload"
     if len(data) > limit:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"{name}: file is larger than the {settings.max_upload_mb:g} MB limit")
+        raise ServiceError(status.HTTP_413_CONTENT_TOO_LARGE,
+                           f"{name}: file is larger than the {settings.max_upload_mb:g} MB limit",
+                           "upload_too_large")
     if not data:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}: the file is empty")
+        raise ServiceError(status.HTTP_400_BAD_REQUEST, f"{name}: the file is empty",
+                           "empty_file")
     return data
 
 
@@ -35,20 +38,20 @@ async def decode_upload(data: bytes, embedding: EmbeddingService) -> NewImage:
     return NewImage(data, model_input, image.width, image.height, extension)
 
 
+def invalid_label(message: str) -> ServiceError:
+    return ServiceError(status.HTTP_422_UNPROCESSABLE_CONTENT, message, "invalid_label")
+
+
 def clean_label(raw: str) -> str:
     label = unicodedata.normalize("NFC", raw).strip()
     if not label:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "label must not be empty")
+        raise invalid_label("label must not be empty")
     if len(label) > MAX_LABEL_LENGTH:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"label is longer than {MAX_LABEL_LENGTH} characters")
+        raise invalid_label(f"label is longer than {MAX_LABEL_LENGTH} characters")
     if any(unicodedata.category(ch).startswith("C") for ch in label):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            "label must not contain control or invisible characters")
+        raise invalid_label("label must not contain control or invisible characters")
     if not any(ch.isalnum() for ch in label):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            "label must contain at least one letter or digit")
+        raise invalid_label("label must contain at least one letter or digit")
     if label.lower() in RESERVED_LABELS:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"{label!r} is reserved: /classify answers it for unknown photos")
+        raise invalid_label(f"{label!r} is reserved: /classify answers it for unknown photos")
     return label

@@ -52,7 +52,8 @@ class BodySizeLimit:
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps({"detail": f"request body is larger than the upload limit "
-                                     f"({self.max_bytes / 2**20:g} MB per file)"}).encode()
+                                     f"({self.max_bytes / 2**20:g} MB per file)",
+                           "code": "upload_too_large"}).encode()
         await send({"type": "http.response.start", "status": status.HTTP_413_CONTENT_TOO_LARGE,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),

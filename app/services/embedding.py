@@ -39,7 +39,14 @@ from models.base import Embedder
 from models.preprocessing import load_image, preprocess
 
 log = logging.getLogger(__name__)
-SHUTTING_DOWN = "the service is shutting down"
+
+
+class ShuttingDown(RuntimeError):
+    """The service stops: a request still waiting for the model is not answered."""
+
+    def __init__(self) -> None:
+        super().__init__("the service is shutting down")
+
 Waiting = tuple[np.ndarray, asyncio.Future]
 
 
@@ -86,8 +93,15 @@ class EmbeddingService:
 
     async def decode_async(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
         """:meth:`decode` on the decoding pool, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.decode,
-                                                                data)
+        if self.stopping:
+            raise ShuttingDown()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.decode_pool, self.decode, data)
+        except RuntimeError:  # the pool refuses new work once stop() has shut it down
+            if self.stopping:
+                raise ShuttingDown() from None
+            raise
 
     def embed_inputs(self, inputs: list[np.ndarray], in_lane: bool = False) -> np.ndarray:
         """Blocking batch embedding: the all-core call (e.g. the gallery at start-up), or a
@@ -111,7 +125,7 @@ class EmbeddingService:
             left = list(self.waiting)
             self.waiting.clear()
             self.changed.notify_all()
-        _fail(left, RuntimeError(SHUTTING_DOWN))
+        _fail(left, ShuttingDown())
         for worker in self.workers:
             await asyncio.to_thread(worker.join)
         self.decode_pool.shutdown(wait=True)
@@ -122,7 +136,7 @@ class EmbeddingService:
         future: asyncio.Future = self.loop.create_future()
         with self.changed:
             if self.stopping:
-                raise RuntimeError(SHUTTING_DOWN)
+                raise ShuttingDown()
             self.waiting.append((model_input, future))
             self.changed.notify()
         return await future

@@ -6,6 +6,7 @@ prototypes are derived from it at start-up and updated after each committed chan
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import threading
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from app.services.embedding import EmbeddingService
 from app.services.index import ReadWriteLock, VectorIndex
-from app.services.store import Item, Store
+from app.services.store import Item, StorageFull, Store, is_storage_full
 from models.preprocessing import ImageDecodeError, class_folder_images
 from models.prototypes import prototypes
 
@@ -175,32 +176,52 @@ class Gallery:
         """Store and index new images under ``label``; (item, created) in input order.
         The same bytes under the same label return the existing item."""
         results: list[tuple[Item, bool] | None] = [None] * len(images)
+        written: list[str] = []  # photos this call stored, removed again if it fails
         with self._mutate:
-            rows, new_vectors, positions = [], [], []
-            seen: dict[str, int] = {}
-            for position, image in enumerate(images):
-                sha = hashlib.sha256(image.data).hexdigest()
-                existing = self.store.find(label, sha)
-                if existing is not None:
-                    results[position] = (existing, False)
-                    continue
-                if sha in seen:  # the same file twice in one request
-                    positions.append((position, seen[sha]))
-                    continue
-                path = self.store.save_image(image.data, sha, image.extension)
-                seen[sha] = len(rows)
-                rows.append((label, sha, "enrolled", path, image.width, image.height))
-                new_vectors.append(vectors[position])
-                positions.append((position, len(rows) - 1))
-            created = (self.store.insert_items(rows, np.stack(new_vectors), self.fingerprint)
-                       if rows else [])
-            if created:
-                self._apply_add(created, np.stack(new_vectors))
+            try:
+                created, positions = self._store_new(label, images, vectors, results, written)
+            except Exception as exc:
+                for path in written:
+                    self.store.remove_unused_image(path)
+                if is_storage_full(exc):
+                    raise StorageFull(errno.ENOSPC, f"no space left to store photos: {exc}"
+                                      ) from exc
+                raise
             first_use = set()
             for position, row in positions:
                 results[position] = (created[row], row not in first_use)
                 first_use.add(row)
         return [r for r in results if r is not None]
+
+    def _store_new(self, label: str, images: list[NewImage], vectors: np.ndarray,
+                   results: list[tuple[Item, bool] | None],
+                   written: list[str]) -> tuple[list[Item], list[tuple[int, int]]]:
+        """Save the new photos and insert their items in one transaction; the already
+        enrolled ones go straight into ``results``. Returns the created items and, for each
+        new input position, its row among them."""
+        rows, new_vectors, positions = [], [], []
+        seen: dict[str, int] = {}
+        for position, image in enumerate(images):
+            sha = hashlib.sha256(image.data).hexdigest()
+            existing = self.store.find(label, sha)
+            if existing is not None:
+                results[position] = (existing, False)
+                continue
+            if sha in seen:  # the same file twice in one request
+                positions.append((position, seen[sha]))
+                continue
+            path, wrote = self.store.save_image(image.data, sha, image.extension)
+            if wrote:
+                written.append(path)
+            seen[sha] = len(rows)
+            rows.append((label, sha, "enrolled", path, image.width, image.height))
+            new_vectors.append(vectors[position])
+            positions.append((position, len(rows) - 1))
+        created = (self.store.insert_items(rows, np.stack(new_vectors), self.fingerprint)
+                   if rows else [])
+        if created:
+            self._apply_add(created, np.stack(new_vectors))
+        return created, positions
 
     def delete(self, items: list[Item]) -> None:
         with self._mutate:

@@ -7,6 +7,7 @@ acknowledged survives a crash or ``kill -9``.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import time
@@ -56,6 +57,16 @@ class Item:
     width: int
     height: int
     created_at: float
+
+
+class StorageFull(OSError):
+    """The disk (or the database) is full: the write was refused and nothing was kept."""
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc)  # SQLITE_FULL: "database or disk is full"
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Store:
@@ -125,14 +136,23 @@ class Store:
             return {r[0] for r in self._db.execute("SELECT path FROM tombstones")}
 
     # Writes ------------------------------------------------------------------------------
-    def save_image(self, data: bytes, sha256: str, extension: str) -> str:
-        """Store enrolled image bytes durably; returns the path relative to the data dir."""
+    def save_image(self, data: bytes, sha256: str, extension: str) -> tuple[str, bool]:
+        """Store enrolled image bytes durably: the path relative to the data dir, and
+        whether this call wrote the file (False: the same bytes were stored already)."""
         relative = Path("images") / sha256[:2] / f"{sha256}{extension}"
         target = self.data_dir / relative
         if target.exists():
-            return relative.as_posix()
+            return relative.as_posix(), False
         atomic_write_with(target, lambda handle: handle.write(data))
-        return relative.as_posix()
+        return relative.as_posix(), True
+
+    def remove_unused_image(self, path: str) -> None:
+        """Remove a stored photo that no item refers to (e.g. its insert failed)."""
+        with self._lock:
+            used = self._db.execute("SELECT 1 FROM items WHERE path = ? LIMIT 1",
+                                    (path,)).fetchone()
+        if used is None:
+            (self.data_dir / path).unlink(missing_ok=True)
 
     def insert_items(
         self, rows: list[tuple[str, str, str, str, int, int]], vectors: np.ndarray,

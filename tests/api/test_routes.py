@@ -1,66 +1,15 @@
 import io
 import sqlite3
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.core.config import Settings
-from app.main import create_app
 from models.base import usable_cpus
+from tests.api.helpers import enroll, photo, running, upload
 from tests.helpers import COLOURS, jpeg_bytes, make_image_folder, make_tiny_checkpoint, png_bytes
 from tests.helpers import synthetic_image as synth
-
-
-@pytest.fixture(scope="module")
-def gallery_dir(tmp_path_factory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("gallery"),
-                             {k: COLOURS[k] for k in ["red", "green", "blue"]}, per_class=4)
-
-
-def wait_ready(client: TestClient, timeout: float = 60) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        response = client.get("/readyz")
-        if response.status_code == 200:
-            return response.json()
-        if "failed" in response.json()["detail"]:
-            return response.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready after {timeout} s: {response.json()}")
-
-
-@contextmanager
-def running(checkpoint: Path, data_dir: Path, gallery: Path | None = None, **overrides):
-    settings = Settings(_env_file=None, checkpoint=str(checkpoint), data_dir=data_dir,
-                        gallery_dir=gallery, **overrides)
-    app = create_app(settings)
-    with TestClient(app) as client:
-        wait_ready(client)
-        yield client
-
-
-@pytest.fixture()
-def client(tiny_checkpoint, gallery_dir, tmp_path):
-    with running(tiny_checkpoint, tmp_path / "data", gallery_dir) as c:
-        yield c
-
-
-def upload(data: bytes, name: str = "photo.jpg", field: str = "file"):
-    return {field: (name, data, "application/octet-stream")}
-
-
-def photo(colour: str = "red", seed: int = 500) -> bytes:
-    return jpeg_bytes(synth(COLOURS[colour], seed))
-
-
-def enroll(client, data: bytes, label: str, **kwargs):
-    return client.post("/enroll", files=upload(data), data={"label": label}, **kwargs)
 
 
 def test_health_readiness_and_openapi(client):

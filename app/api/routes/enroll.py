@@ -4,11 +4,12 @@ import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from app.api.deps import EmbeddingDep, GalleryDep, SettingsDep, WriteAccess
+from app.api.errors import ServiceError, error_responses
 from app.api.uploads import clean_label, decode_upload, read_upload
-from app.schemas import EnrolledItem, EnrollResult, ErrorMessage
+from app.schemas import EnrolledItem, EnrollResult
 
 router = APIRouter(tags=["gallery"])
 
@@ -20,10 +21,10 @@ router = APIRouter(tags=["gallery"])
     dependencies=[WriteAccess],
     summary="Add one or more example photos of a new or existing label",
     responses={200: {"model": EnrollResult, "description": "all files were already enrolled"},
-               401: {"model": ErrorMessage}, 413: {"model": ErrorMessage}},
+               **error_responses(400, 413, 415, 422, 503, 507)},
 )
 async def enroll(
-    file: Annotated[list[UploadFile], File(description="one or several photos")],
+    file: Annotated[list[UploadFile], File(description="one or several photos", min_length=1)],
     label: Annotated[str, Form(description="the class name", max_length=1000)],
     gallery: GalleryDep,
     embedding: EmbeddingDep,
@@ -34,8 +35,9 @@ async def enroll(
     stored durably. The same bytes under the same label return the existing item."""
     label = clean_label(label)
     if len(file) > settings.max_files_per_enroll:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"at most {settings.max_files_per_enroll} files per request")
+        raise ServiceError(status.HTTP_413_CONTENT_TOO_LARGE,
+                           f"at most {settings.max_files_per_enroll} files per request",
+                           "too_many_files")
     images = [await decode_upload(await read_upload(f, settings), embedding) for f in file]
     vectors = np.stack(await asyncio.gather(*(embedding.embed(i.model_input) for i in images)))
     results = await asyncio.to_thread(gallery.enroll, label, images, vectors)

@@ -30,7 +30,9 @@ def readyz(state: StateDep, response: Response) -> Readiness:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {
+                "schema": {"type": "string"}}}, "description": "Prometheus text format"}})
 def metrics(request: Request, state: StateDep) -> Response:
     m = request.app.state.metrics
     if state.ready and state.gallery is not None:

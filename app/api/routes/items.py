@@ -4,10 +4,11 @@ import asyncio
 import mimetypes
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import GalleryDep, ReadAccess, WriteAccess
+from app.api.errors import ServiceError, error_responses
 from app.schemas import Deleted, GalleryItem, ItemPage, LabelCount, LabelList
 from app.services.gallery import Gallery
 from app.services.store import Item
@@ -23,12 +24,12 @@ def to_schema(item: Item) -> GalleryItem:
 def find_item(gallery: Gallery, item_id: int) -> Item:
     item = gallery.get(item_id)
     if item is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no item with id {item_id}")
+        raise ServiceError(status.HTTP_404_NOT_FOUND, f"no item with id {item_id}", "not_found")
     return item
 
 
 @router.get("/labels", response_model=LabelList, dependencies=[ReadAccess],
-            summary="Every label with its number of photos")
+            responses=error_responses(503), summary="Every label with its number of photos")
 def list_labels(gallery: GalleryDep) -> LabelList:
     counts = gallery.labels()
     return LabelList(labels=[LabelCount(label=k, count=v) for k, v in counts.items()],
@@ -36,6 +37,7 @@ def list_labels(gallery: GalleryDep) -> LabelList:
 
 
 @router.get("/items", response_model=ItemPage, dependencies=[ReadAccess],
+            responses=error_responses(422, 503),
             summary="Gallery items, paged, optionally for one label")
 def list_items(
     gallery: GalleryDep,
@@ -48,25 +50,32 @@ def list_items(
                     total=len(items), offset=offset, limit=limit)
 
 
-@router.get("/items/{item_id}", response_model=GalleryItem, dependencies=[ReadAccess])
+ONE_ITEM_ERRORS = error_responses(404, 422, 503)
+
+
+@router.get("/items/{item_id}", response_model=GalleryItem, dependencies=[ReadAccess],
+            responses=ONE_ITEM_ERRORS, summary="One gallery item")
 def get_item(item_id: int, gallery: GalleryDep) -> GalleryItem:
     return to_schema(find_item(gallery, item_id))
 
 
 @router.get("/items/{item_id}/image", dependencies=[ReadAccess],
-            response_class=FileResponse, summary="The stored photo itself")
+            response_class=FileResponse, summary="The stored photo itself",
+            responses={200: {"content": {"image/*": {}}, "description": "the photo's bytes"},
+                       **ONE_ITEM_ERRORS})
 def get_item_image(item_id: int, gallery: GalleryDep) -> FileResponse:
     item = find_item(gallery, item_id)
     path = gallery.store.image_path(item)
     if not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            f"the image file of item {item_id} is missing")
+        raise ServiceError(status.HTTP_404_NOT_FOUND,
+                           f"the image file of item {item_id} is missing", "image_missing")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type,
                         headers={"Cache-Control": "public, max-age=86400"})
 
 
-@router.delete("/items/{item_id}", response_model=Deleted, dependencies=[WriteAccess])
+@router.delete("/items/{item_id}", response_model=Deleted, dependencies=[WriteAccess],
+               responses=ONE_ITEM_ERRORS, summary="Delete one gallery item")
 async def delete_item(item_id: int, gallery: GalleryDep) -> Deleted:
     item = find_item(gallery, item_id)
     await asyncio.to_thread(gallery.delete, [item])
@@ -74,10 +83,10 @@ async def delete_item(item_id: int, gallery: GalleryDep) -> Deleted:
 
 
 @router.delete("/labels/{label}", response_model=Deleted, dependencies=[WriteAccess],
-               summary="Delete every photo of a label")
+               responses=error_responses(404, 422, 503), summary="Delete every photo of a label")
 async def delete_label(label: str, gallery: GalleryDep) -> Deleted:
     items = gallery.list_items(label)
     if not items:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no label {label!r}")
+        raise ServiceError(status.HTTP_404_NOT_FOUND, f"no label {label!r}", "not_found")
     await asyncio.to_thread(gallery.delete, items)
     return Deleted(deleted=sorted(i.id for i in items))

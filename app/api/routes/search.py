@@ -5,12 +5,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import GalleryDep, PhotoDep, ReadAccess, SettingsDep
+from app.api.errors import error_responses
 from app.schemas import Classification, LabelScore, SearchHit, SearchResults
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
 
-@router.post("/search", response_model=SearchResults,
+UPLOAD_ERRORS = error_responses(400, 413, 415, 422, 503)
+
+
+@router.post("/search", response_model=SearchResults, responses=UPLOAD_ERRORS,
              summary="The k gallery photos most similar to an uploaded photo")
 async def search(
     photo: PhotoDep,
@@ -25,7 +29,7 @@ async def search(
     )
 
 
-@router.post("/classify", response_model=Classification,
+@router.post("/classify", response_model=Classification, responses=UPLOAD_ERRORS,
              summary="The label of an uploaded photo, or 'unknown'")
 async def classify(photo: PhotoDep, gallery: GalleryDep,
                    settings: SettingsDep) -> Classification:
