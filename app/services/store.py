@@ -7,6 +7,7 @@ acknowledged survives a crash or ``kill -9``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sqlite3
 import threading
@@ -57,6 +58,13 @@ class Item:
     width: int
     height: int
     created_at: float
+
+
+@dataclass
+class Snapshot:
+    items: list[Item]
+    embeddings: list[tuple[int, str, np.ndarray]]  # (item id, checkpoint fingerprint, vector)
+    tombstones: list[tuple[str, str]]  # (gallery path, sha256) deleted through the API
 
 
 class StorageFull(OSError):
@@ -130,6 +138,29 @@ class Store:
                 (fingerprint,),
             ).fetchall()
         return [Item(*row) for row in rows]
+
+    def snapshot(self) -> Snapshot:
+        """Everything in the database, read in one transaction (a consistent copy even
+        while another process writes)."""
+        with self.transaction() as db:
+            items = [Item(*row) for row in db.execute("SELECT * FROM items ORDER BY id")]
+            embeddings = db.execute("SELECT item_id, fingerprint, vector FROM embeddings "
+                                    "ORDER BY item_id").fetchall()
+            tombstones = db.execute("SELECT path, sha256 FROM tombstones").fetchall()
+        return Snapshot(items, [(i, f, np.frombuffer(v, np.float32)) for i, f, v in embeddings],
+                        [tuple(t) for t in tombstones])
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` into this (empty) database in one transaction, ids kept."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM items LIMIT 1").fetchone():
+                raise ValueError(f"{self.data_dir} already holds a gallery: restore into an "
+                                 "empty data directory")
+            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [dataclasses.astuple(item) for item in snapshot.items])
+            db.executemany("INSERT INTO embeddings VALUES (?, ?, ?)",
+                           [(i, f, _blob(v)) for i, f, v in snapshot.embeddings])
+            db.executemany("INSERT INTO tombstones VALUES (?, ?)", snapshot.tombstones)
 
     def tombstoned_paths(self) -> set[str]:
         with self._lock:
