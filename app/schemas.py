@@ -92,3 +92,23 @@ class Readiness(BaseModel):
         None, description="single-threaded model calls side by side under load (0: one "
                           "call on all threads)")
     gallery_items: int | None = None
+    startup: dict[str, int] | None = Field(
+        None, description="what start-up did: photos scanned, added, removed and embedded; "
+                          "items not indexed; items whose photo is missing")
+
+
+class ConsistencyReport(BaseModel):
+    """The service's check of itself: the index and the per-label prototypes it searches
+    against the store it keeps. Lists hold item ids."""
+
+    consistent: bool = Field(description="the index and the labels match the store")
+    items: int = Field(description="items in the store")
+    indexed: int = Field(description="items in the search index")
+    not_indexed: list[int] = Field(description="stored with an embedding, not searchable")
+    indexed_not_stored: list[int]
+    served_not_indexed: list[int] = Field(description="known to the API but not the index, "
+                                                      "or the other way round")
+    label_mismatches: list[str] = Field(description="labels whose count or prototype differs")
+    without_embedding: list[int] = Field(description="no embedding of this checkpoint (their "
+                                                     "photo could not be read): not searchable")
+    missing_photos: list[int] = Field(description="the stored photo file is gone")

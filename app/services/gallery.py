@@ -64,9 +64,58 @@ class Gallery:
                 stats.update(self._sync_folder(Path(gallery_dir), batch_size))
             stats["embedded"] += self._embed_missing(batch_size)
             ids, vectors = self.store.embeddings(self.fingerprint)
-            by_id = {item.id: item for item in self.store.all_items()}
+            items = self.store.all_items()
+            by_id = {item.id: item for item in items}
             self._apply_add([by_id[i] for i in ids.tolist()], vectors)
+            missing = [i.id for i in items if not self.store.image_path(i).is_file()]
+        stats["not_indexed"] = len(items) - len(ids)
+        stats["missing_photos"] = len(missing)
+        if missing:
+            log.error("repair report: the photos of %d items are missing (ids %s%s); they "
+                      "stay searchable by their stored embeddings, but re-enrol them or "
+                      "delete them (GET /consistency lists them)", len(missing),
+                      missing[:20], " ..." if len(missing) > 20 else "")
+        if self.store.created and not items:
+            log.info("created a new, empty gallery database at %s", self.store.path)
         return stats
+
+    def check(self) -> dict[str, object]:
+        """Compare the index and the per-label prototypes with the store, item by item:
+        what the service serves against what it has stored."""
+        with self._mutate:  # no change between the two readings
+            items = self.store.all_items()
+            ids, vectors = self.store.embeddings(self.fingerprint)
+            with self._rw.read():
+                indexed = set(self.index.ids().tolist())
+                served = set(self.items)
+                counts = dict(self._label_counts)
+                sums = {label: total.copy() for label, total in self._label_sums.items()}
+        by_id = {item.id: item for item in items}
+        embedded = set(ids.tolist())
+        expected_counts: dict[str, int] = defaultdict(int)
+        expected_sums: dict[str, np.ndarray] = {}
+        for item_id, vector in zip(ids.tolist(), vectors, strict=True):
+            label = by_id[item_id].label
+            expected_counts[label] += 1
+            expected_sums[label] = expected_sums.get(label, 0) + vector
+        labels = sorted(set(counts) | set(expected_counts))
+        label_mismatches = [label for label in labels
+                            if counts.get(label) != expected_counts.get(label)
+                            or not np.allclose(sums.get(label, 0), expected_sums.get(label, 0),
+                                               atol=1e-3)]
+        report: dict[str, object] = {
+            "items": len(items),
+            "indexed": len(indexed),
+            "not_indexed": sorted(embedded - indexed),
+            "indexed_not_stored": sorted(indexed - embedded),
+            "served_not_indexed": sorted(served ^ indexed),
+            "label_mismatches": label_mismatches,
+            "without_embedding": sorted(set(by_id) - embedded),
+            "missing_photos": [i.id for i in items if not self.store.image_path(i).is_file()],
+        }
+        report["consistent"] = not any(report[k] for k in (
+            "not_indexed", "indexed_not_stored", "served_not_indexed", "label_mismatches"))
+        return report
 
     def _sync_folder(self, root: Path, batch_size: int) -> dict[str, int]:
         if not root.is_dir():

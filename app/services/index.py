@@ -72,6 +72,9 @@ class VectorIndex:
         self._index.add_with_ids(np.ascontiguousarray(vectors, np.float32),
                                  np.asarray(ids, np.int64))
 
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
     def remove(self, ids: list[int]) -> None:
         if ids:
             self._index.remove_ids(np.asarray(ids, np.int64))

@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS tombstones (
 """
 
 
+# Marks the file as this service's gallery (SQLite's application_id, "FSG1").
+APPLICATION_ID = 0x46534731
+ITEM_COLUMNS = {"id", "label", "sha256", "source", "path", "width", "height", "created_at"}
+
+
 @dataclass(frozen=True)
 class Item:
     id: int
@@ -77,18 +82,46 @@ def is_storage_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+class StoreError(RuntimeError):
+    """The gallery database cannot be used; the message says why and what to do."""
+
+
 class Store:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.image_dir = self.data_dir / "images"
         self.image_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.data_dir / "gallery.sqlite3", check_same_thread=False,
-                                   isolation_level=None)
+        self.path = self.data_dir / "gallery.sqlite3"
+        self.created = not self.path.exists()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a readable SQLite database ({exc}): restore "
+                             "it from a backup (python -m app.backup import) or move it away "
+                             "to start with an empty gallery") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {name: {row[1] for row in self._db.execute(f"PRAGMA table_info({name})")}
+                  for (name,) in self._db.execute(
+                      "SELECT name FROM sqlite_master WHERE type = 'table' "
+                      "AND name NOT LIKE 'sqlite_%'")}
+        ours = app_id == APPLICATION_ID or (app_id == 0 and tables.get("items") == ITEM_COLUMNS)
+        if tables and not ours:
+            raise StoreError(f"{self.path} is a SQLite database of something else "
+                             f"(tables {sorted(tables)}): point DATA_DIR at this service's "
+                             "data directory, or at an empty one for a new gallery")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     def close(self) -> None:
         with self._lock:

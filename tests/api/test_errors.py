@@ -51,7 +51,7 @@ def test_openapi_declares_one_error_model_and_no_fastapi_validation_error(client
     ({"api_key": "k", "search_requires_key": True},
      {"POST /enroll", "DELETE /items/{item_id}", "DELETE /labels/{label}", "POST /search",
       "POST /classify", "GET /labels", "GET /items", "GET /items/{item_id}",
-      "GET /items/{item_id}/image"}),
+      "GET /items/{item_id}/image", "GET /consistency"}),
 ], ids=["open", "key-for-writes", "key-for-all"])
 def test_openapi_declares_the_key_only_where_this_instance_enforces_it(
         tiny_checkpoint, gallery_dir, tmp_path, settings, guarded):
@@ -105,3 +105,15 @@ def test_a_stopping_service_answers_503_shutting_down(client):
     client.portal.call(embedding.stop)
     body = assert_error(client.post("/search", files=upload(photo())), 503, "shutting_down")
     assert "shutting down" in body["detail"]
+
+
+def test_the_service_checks_itself_and_finds_a_tampered_index(client):
+    enroll(client, photo("cyan", 9), "Cyan")
+    report = client.get("/consistency").json()
+    assert report["consistent"] and report["items"] == report["indexed"] == 13
+    gallery = client.app.state.service.gallery
+    victim = next(iter(gallery.items))
+    gallery.index.remove([victim])  # as a bug would: the store keeps it, the index not
+    report = client.get("/consistency").json()
+    assert not report["consistent"] and report["not_indexed"] == [victim]
+    assert report["served_not_indexed"] == [victim]

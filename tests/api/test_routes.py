@@ -241,7 +241,8 @@ def test_restart_keeps_enrolled_items_and_embeds_nothing_again(tiny_checkpoint, 
     assert first_stats["added"] == 12
     with running(tiny_checkpoint, data_dir, gallery_dir) as c:
         assert c.app.state.service.startup_stats == {"scanned": 12, "added": 0, "removed": 0,
-                                                     "embedded": 0}
+                                                     "embedded": 0, "not_indexed": 0,
+                                                     "missing_photos": 0}
         assert c.get(f"/items/{item['id']}").json()["label"] == "cyan"
         top = c.post("/search", files=upload(photo("cyan", 5))).json()["results"][0]
         assert top["id"] == item["id"]
@@ -318,3 +319,37 @@ def test_metrics_are_prometheus_text(client):
     assert 'route="/items/{item_id}",status="404"' in text
     assert "http_request_duration_seconds_bucket" in text
     assert "gallery_items 12.0" in text
+
+
+def test_a_corrupt_or_foreign_database_is_a_clear_start_up_error(tiny_checkpoint, tmp_path):
+    corrupt, foreign = tmp_path / "corrupt", tmp_path / "foreign"
+    corrupt.mkdir()
+    (corrupt / "gallery.sqlite3").write_bytes(b"\x00garbage" * 1000)
+    foreign.mkdir()
+    with sqlite3.connect(foreign / "gallery.sqlite3") as db:
+        db.execute("CREATE TABLE invoices (id INTEGER, total REAL)")
+    for data_dir, reason in ((corrupt, "not a readable SQLite database"),
+                             (foreign, "a SQLite database of something else")):
+        with running(tiny_checkpoint, data_dir) as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and reason in ready.json()["detail"]
+            search = client.post("/search", files=upload(photo()))
+            assert search.status_code == 503 and reason in search.json()["detail"]
+    assert (corrupt / "gallery.sqlite3").read_bytes() == b"\x00garbage" * 1000  # untouched
+
+
+def test_missing_stored_photos_are_reported_at_start_up(tiny_checkpoint, tmp_path):
+    with running(tiny_checkpoint, tmp_path / "d") as client:
+        ids = [enroll(client, photo("cyan", s), "Cyan").json()["items"][0]["id"]
+               for s in range(3)]
+    removed = next((tmp_path / "d" / "images").rglob("*.jpg"))
+    removed.unlink()
+    with running(tiny_checkpoint, tmp_path / "d") as client:
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["startup"]["missing_photos"] == 1
+        report = client.get("/consistency").json()
+        assert report["consistent"] and len(report["missing_photos"]) == 1
+        assert report["missing_photos"][0] in ids
+        gone = report["missing_photos"][0]
+        assert client.get(f"/items/{gone}/image").json()["code"] == "image_missing"
+        assert client.get("/labels").json()["total_items"] == 3  # not a silent loss

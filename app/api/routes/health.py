@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import StateDep
-from app.schemas import Health, Readiness
+from app.api.deps import GalleryDep, ReadAccess, StateDep
+from app.api.errors import error_responses
+from app.schemas import ConsistencyReport, Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -27,7 +30,15 @@ def readyz(state: StateDep, response: Response) -> Readiness:
         device=state.device,
         model_lanes=state.embedding.lanes if state.embedding else None,
         gallery_items=len(state.gallery) if state.ready and state.gallery else None,
+        startup=state.startup_stats or None,
     )
+
+
+@router.get("/consistency", response_model=ConsistencyReport, dependencies=[ReadAccess],
+            responses=error_responses(503),
+            summary="The service checks its index and labels against its store")
+async def consistency(gallery: GalleryDep) -> ConsistencyReport:
+    return ConsistencyReport(**await asyncio.to_thread(gallery.check))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
