@@ -15,7 +15,7 @@ GROCERY := ../shared/data/grocery
 GALLERY_DIR ?= $(if $(wildcard $(GROCERY)/train),$(GROCERY)/train,data/snacks/train)
 CHECKPOINT ?= models/checkpoints/default.pt
 
-.PHONY: setup lock run test lint pytest snacks train evaluate export bench clean
+.PHONY: setup lock run test lint pytest snacks train evaluate export bench reliability clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,11 @@ export: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --gallery $(GROCERY)/train --out bench/results.json
+
+# Long robustness runs (soak, kill -9 rounds, slow clients, full disk, damaged data,
+# schemathesis with many cases); CI runs the same scenarios short. Minutes, not a test.
+reliability: $(STAMP)
+	$(PY) -m bench.reliability --out bench/reliability.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

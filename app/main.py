@@ -16,7 +16,7 @@ from app.api.errors import install_error_handlers
 from app.api.openapi import install_openapi
 from app.api.routes import enroll, health, items, search
 from app.core.config import Settings, get_settings
-from app.core.limits import BodySizeLimit
+from app.core.limits import BodyLimits
 from app.core.metrics import Metrics, MetricsMiddleware
 from app.services.state import ServiceState
 
@@ -45,8 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = ServiceState(settings)
     app.state.metrics = Metrics()
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
-                       max_files=settings.max_files_per_enroll)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes,
+                       max_files=settings.max_files_per_enroll,
+                       timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in (search.router, enroll.router, items.router, health.router):
         app.include_router(router)

@@ -52,6 +52,7 @@ DEFAULT_CODES = {
     status.HTTP_401_UNAUTHORIZED: "unauthorized",
     status.HTTP_404_NOT_FOUND: "not_found",
     status.HTTP_405_METHOD_NOT_ALLOWED: "method_not_allowed",
+    status.HTTP_408_REQUEST_TIMEOUT: "request_timeout",
     status.HTTP_413_CONTENT_TOO_LARGE: "too_large",
     status.HTTP_415_UNSUPPORTED_MEDIA_TYPE: "unsupported_format",
     status.HTTP_422_UNPROCESSABLE_CONTENT: "invalid_request",
@@ -66,6 +67,7 @@ MEANINGS = {
           "`empty_file`."),
     401: "A valid `X-API-Key` header is required: `unauthorized`.",
     404: "No such item or label: `not_found`; the item's stored photo is gone: `image_missing`.",
+    408: "The request body did not arrive within BODY_TIMEOUT_S: `request_timeout`.",
     413: ("Too large: `upload_too_large` (over MAX_UPLOAD_MB), `image_too_large` (over "
           "MAX_IMAGE_PIXELS), `too_many_files` (over MAX_FILES_PER_ENROLL)."),
     415: "An image format the service does not accept: `unsupported_format`.",

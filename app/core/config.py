@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     # call on all threads).
     model_lanes: int | None = Field(None, ge=0)
     threads: int | None = Field(None, ge=1, description="inference threads (default: all)")
+    # Slow and idle clients (app/core/server.py): a request head must arrive within
+    # HEADER_TIMEOUT_S, a body within BODY_TIMEOUT_S (408 after); idle kept-alive
+    # connections close after KEEP_ALIVE_S; past MAX_CONNECTIONS, new ones get a 503.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(120.0, gt=0)
+    keep_alive_s: int = Field(5, ge=1)
+    max_connections: int = Field(1000, ge=1)
     log_level: str = "INFO"
 
     @field_validator("gallery_dir", "api_key", mode="before")

@@ -135,7 +135,10 @@ class Store:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (e.g. SQLITE_FULL at COMMIT): a second
+                # ROLLBACK would raise and hide the real error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
 
     # Reads -------------------------------------------------------------------------------

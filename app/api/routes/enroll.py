@@ -21,7 +21,7 @@ router = APIRouter(tags=["gallery"])
     dependencies=[WriteAccess],
     summary="Add one or more example photos of a new or existing label",
     responses={200: {"model": EnrollResult, "description": "all files were already enrolled"},
-               **error_responses(400, 413, 415, 422, 503, 507)},
+               **error_responses(400, 408, 413, 415, 422, 503, 507)},
 )
 async def enroll(
     file: Annotated[list[UploadFile], File(description="one or several photos", min_length=1)],

@@ -11,7 +11,7 @@ from app.schemas import Classification, LabelScore, SearchHit, SearchResults
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
 
-UPLOAD_ERRORS = error_responses(400, 413, 415, 422, 503)
+UPLOAD_ERRORS = error_responses(400, 408, 413, 415, 422, 503)
 
 
 @router.post("/search", response_model=SearchResults, responses=UPLOAD_ERRORS,
