@@ -44,11 +44,14 @@ def service_lanes(runtime: Embedder) -> SideBySide | None:
 
 
 def bench_embedding(loaded: LoadedEncoder, service_runtime: Embedder,
-                    lanes: SideBySide | None = None) -> dict:
+                    lanes: SideBySide | None = None,
+                    fp32_onnx: Embedder | None = None) -> dict:
     """Eager fp32 PyTorch against the service's runtime (and its lanes at batch 32) in
-    alternating blocks of calls, so that a drifting machine slows all alike. Each block
-    starts with an untimed call: the runtime that ran before may still hold the cores
+    alternating blocks of calls, so that a drifting machine slows all alike; with
+    ``fp32_onnx`` (the service runs INT8), the fp32 export and its lanes beside them. Each
+    block starts with an untimed call: the runtime that ran before may still hold the cores
     (PyTorch's OpenMP threads spin for a while after a call) and the caches."""
+    fp32_lanes = service_lanes(fp32_onnx) if fp32_onnx is not None else None
     size = loaded.meta.preprocessing.image_size
     device = runtime_device(service_runtime)
     # Eager fp32 on the service's device, each on a copy of the encoder (a PyTorch service
@@ -67,6 +70,10 @@ def bench_embedding(loaded: LoadedEncoder, service_runtime: Embedder,
             "service": (service_runtime, x)}
         if lanes and batch > 1:  # (a lone request gets the all-core call, "service")
             runs["lanes"] = (lanes, x)
+        if fp32_onnx is not None:
+            runs["onnx_fp32"] = (fp32_onnx, x)
+            if fp32_lanes and batch > 1:
+                runs["onnx_fp32_lanes"] = (fp32_lanes, x)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(blocks):
             for name, (runtime, inputs) in runs.items():
@@ -82,4 +89,9 @@ def bench_embedding(loaded: LoadedEncoder, service_runtime: Embedder,
     out["speedup_b32"] = best / out["eager_fp32_b32_images_per_s"]
     out["speedup_b32_over_channels_last"] = best / out["eager_fp32_channels_last_b32_images_per_s"]
     out["bare_single_image_ms"] = 1000 / out["service_b1_images_per_s"]
+    if fp32_onnx is not None:
+        fp32_best = max(out["onnx_fp32_b32_images_per_s"],
+                        out.get("onnx_fp32_lanes_b32_images_per_s", 0.0))
+        out["fp32_onnx_speedup_b32"] = fp32_best / out["eager_fp32_b32_images_per_s"]
+        out["int8_over_fp32_b32"] = best / fp32_best
     return out

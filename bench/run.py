@@ -25,7 +25,7 @@ from bench.embedding import bench_embedding, service_lanes
 from bench.faiss_index import bench_faiss
 from bench.harness import ROOT
 from bench.http_load import bench_search
-from bench.report import load_ratio, markdown
+from bench.report import add_ratios, load_ratio, markdown
 from bench.startup import bench_startup
 from models.base import DEFAULT_CHECKPOINT
 from models.checkpoint import load_checkpoint
@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
             loaded = load_checkpoint(args.checkpoint)
             service_runtime = open_embedder(loaded, "auto", "auto", cache_dir=work).embedder
             lanes = service_lanes(service_runtime)
+            fp32_onnx = (open_embedder(loaded, "onnx", "cpu", cache_dir=work).embedder
+                         if service_runtime.name == "int8" else None)
         if "embedding" not in skip:
             print("embedding throughput ...", flush=True)
-            results["embedding"] = bench_embedding(loaded, service_runtime, lanes)
+            results["embedding"] = bench_embedding(loaded, service_runtime, lanes, fp32_onnx)
         if "startup" not in skip:
             print("start-up: first start and restart ...", flush=True)
             results["startup"] = bench_startup(args.gallery, args.checkpoint, work)
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["search"] = bench_search(args.gallery, args.checkpoint, work, queries,
                                              service_runtime, lanes)
             results["load_ratio"] = load_ratio(results["search"])
+        if "embedding" in results and "search" in results:
+            add_ratios(results)
         if "faiss" not in skip:
             print("FAISS flat vs HNSW ...", flush=True)
             results["faiss"] = bench_faiss({

@@ -19,7 +19,7 @@ from PIL import Image
 
 from models.preprocessing import Preprocessing, preprocess
 
-Runtime = Literal["auto", "torch", "onnx"]
+Runtime = Literal["auto", "torch", "onnx", "int8"]
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.pt"
 IMAGENET = "imagenet"  # pseudo-checkpoint: the backbone's ImageNet features, untrained
 

@@ -118,6 +118,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_with(path, lambda handle: torch.save(obj, handle))
 
 
+def set_checkpoint_extra(path: str | os.PathLike, key: str, value: Any) -> None:
+    """Add or replace ``meta.extra[key]`` in a checkpoint file, atomically, leaving its
+    weights exactly as stored (the file's fingerprint changes, its embeddings do not)."""
+    meta, state = read_checkpoint(path)
+    meta = {**meta, "extra": {**meta.get("extra", {}), key: value}}
+    atomic_torch_save({"meta": meta, "state_dict": state}, path)
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and validate the raw file; every failure is one :class:`CheckpointError`."""
     path = Path(path)

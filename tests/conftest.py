@@ -33,3 +33,10 @@ def grocery() -> Path:
     if not GROCERY.is_dir():
         pytest.fail(f"the grocery photos are expected at {GROCERY}")
     return GROCERY
+
+
+@pytest.fixture(scope="module")
+def gallery_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three colour classes, 4 images each: the service's gallery folder in API tests."""
+    return make_image_folder(tmp_path_factory.mktemp("gallery"),
+                             {k: COLOURS[k] for k in ["red", "green", "blue"]}, per_class=4)

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     checkpoint: str = str(DEFAULT_CHECKPOINT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    runtime: Literal["auto", "torch", "onnx", "int8"] = "auto"
     data_dir: Path = Path("data")
     gallery_dir: Path | None = None
     api_key: str | None = None

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.base import IMAGENET, Embedder, Runtime, file_fingerprint, usable_cpus
-from models.runtimes.onnx import OnnxEmbedder, onnx_cache_path, open_cached_onnx
+from models.runtimes.int8 import INT8_SUFFIX, int8_cache_path, quantize_export
+from models.runtimes.onnx import OnnxEmbedder, onnx_cache_path, onnx_metadata, open_cached_onnx
 
 if TYPE_CHECKING:
     from models.checkpoint import LoadedEncoder
@@ -49,7 +50,7 @@ def open_embedder(
             if cached is not None:
                 log.info("serving the cached ONNX export of %s (fingerprint %s)", path,
                          fingerprint)
-                return OpenedEmbedder(cached, fingerprint, "cpu")
+                return on_cpu(cached, fingerprint, runtime, threads)
     from models.checkpoint import load_checkpoint
     from models.runtimes.eager import TorchEmbedder, resolve_device
 
@@ -69,7 +70,32 @@ def open_embedder(
         log.info("exporting the encoder to ONNX at %s (once per checkpoint)", onnx_path)
         export_onnx(loaded, onnx_path)
         cached = OnnxEmbedder(onnx_path, threads)
-    return OpenedEmbedder(cached, loaded.fingerprint, "cpu")
+    return on_cpu(cached, loaded.fingerprint, runtime, threads)
+
+
+def on_cpu(fp32: OnnxEmbedder, fingerprint: str, runtime: Runtime,
+           threads: int | None) -> OpenedEmbedder:
+    """fp32 ONNX, or its INT8 quantisation where the export carries a calibration that
+    passed its accuracy gate (``auto``) or INT8 is asked for by name. The INT8 graph is
+    made once from the fp32 export and cached beside it."""
+    calibration = fp32.int8 if fp32.int8 is not None and fp32.int8.passed else None
+    if runtime == "int8" and calibration is None:
+        raise RuntimeError(f"RUNTIME=int8, but {fp32.path.name} carries no INT8 calibration "
+                           "that passed its gate: make one with python -m training.export "
+                           "--int8, or use RUNTIME=onnx")
+    if runtime not in ("auto", "int8") or calibration is None:
+        return OpenedEmbedder(fp32, fingerprint, "cpu")
+    int8_fingerprint = fingerprint + INT8_SUFFIX
+    path = int8_cache_path(fp32.path, calibration)
+    embedder = open_cached_onnx(path, int8_fingerprint, threads)
+    if embedder is None:
+        log.info("quantising the ONNX export to INT8 at %s (once per checkpoint)", path)
+        metadata = {**fp32.metadata(), **onnx_metadata(int8_fingerprint, fp32.preprocessing,
+                                                       fp32.dim, runtime="int8")}
+        metadata.pop("fewshot.int8", None)
+        quantize_export(fp32.path, path, calibration, metadata)
+        embedder = OnnxEmbedder(path, threads)
+    return OpenedEmbedder(embedder, int8_fingerprint, "cpu")
 
 
 def model_lanes(embedder: Embedder, lanes: int | None = None,

@@ -15,22 +15,26 @@ from typing import Any
 import numpy as np
 
 from models.preprocessing import Preprocessing
+from models.runtimes.int8 import Int8Calibration
 
 log = logging.getLogger(__name__)
 
-# Bumped when the exporter changes the graph it writes, so that stale cached exports are
-# not reused.
-ONNX_EXPORT_VERSION = 2
+# Bumped when the exporter changes the graph or the metadata it writes, so that stale
+# cached exports are not reused (3: the INT8 calibration travels with the export).
+ONNX_EXPORT_VERSION = 3
 _META_PREFIX = "fewshot."
 
 
-def onnx_metadata(fingerprint: str, preprocessing: Preprocessing, dim: int) -> dict[str, str]:
+def onnx_metadata(fingerprint: str, preprocessing: Preprocessing, dim: int,
+                  int8: Int8Calibration | None = None, runtime: str = "onnx") -> dict[str, str]:
     """What an exported graph carries about itself (ONNX ``metadata_props``)."""
     return {
         f"{_META_PREFIX}fingerprint": fingerprint,
         f"{_META_PREFIX}preprocessing": json.dumps(preprocessing.to_dict()),
         f"{_META_PREFIX}embedding_dim": str(dim),
         f"{_META_PREFIX}export_version": str(ONNX_EXPORT_VERSION),
+        f"{_META_PREFIX}runtime": runtime,
+        **({f"{_META_PREFIX}int8": json.dumps(int8.to_dict())} if int8 else {}),
     }
 
 
@@ -41,7 +45,7 @@ def onnx_cache_path(cache_dir: str | os.PathLike, fingerprint: str) -> Path:
 
 
 class OnnxEmbedder:
-    name = "onnx"
+    """An exported graph in ONNX Runtime: fp32 (``name`` "onnx") or quantised ("int8")."""
 
     def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -64,8 +68,14 @@ class OnnxEmbedder:
         self.preprocessing = Preprocessing.from_dict(
             json.loads(meta[f"{_META_PREFIX}preprocessing"]))
         self.dim = int(meta[f"{_META_PREFIX}embedding_dim"])
+        self.name = meta.get(f"{_META_PREFIX}runtime", "onnx")
+        self.int8 = (Int8Calibration.from_dict(json.loads(meta[f"{_META_PREFIX}int8"]))
+                     if f"{_META_PREFIX}int8" in meta else None)
         self.input_name = self.session.get_inputs()[0].name
         self.path = Path(onnx_path)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def single_threaded(self) -> OnnxEmbedder:
         """Another session of the same export on one thread, which several threads may run

@@ -13,7 +13,19 @@ import torch
 from models.atomic import atomic_write
 from models.backbones import with_static_padding
 from models.checkpoint import LoadedEncoder
+from models.runtimes.int8 import Int8Calibration
 from models.runtimes.onnx import onnx_metadata
+
+
+def int8_calibration(loaded: LoadedEncoder) -> Int8Calibration | None:
+    """The checkpoint's INT8 calibration, if it has one for its test-time size (activation
+    ranges measured at one input size do not carry over to another)."""
+    raw = loaded.meta.extra.get("int8")
+    if not raw:
+        return None
+    calibration = Int8Calibration.from_dict(raw)
+    size = calibration.gate.get("image_size")
+    return calibration if size == loaded.meta.preprocessing.image_size else None
 
 
 def export_onnx(loaded: LoadedEncoder, out: str | os.PathLike, opset: int = 17) -> Path:
@@ -45,7 +57,7 @@ def export_onnx(loaded: LoadedEncoder, out: str | os.PathLike, opset: int = 17) 
             )
         graph = onnx.load(str(tmp))
         metadata = onnx_metadata(loaded.fingerprint, loaded.meta.preprocessing,
-                                 loaded.encoder.embedding_dim)
+                                 loaded.encoder.embedding_dim, int8_calibration(loaded))
         onnx.helper.set_model_props(graph, metadata)
         onnx.save(graph, str(tmp))
     return out
