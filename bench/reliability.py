@@ -58,11 +58,11 @@ def photo(seed: int, size: int = 96) -> bytes:
     return buffer.getvalue()
 
 
-def make_gallery(root: Path, classes: int = 4, per_class: int = 3) -> Path:
+def make_gallery(root: Path, classes: int = 4, per_class: int = 3, size: int = 96) -> Path:
     for c in range(classes):
         (root / f"kind-{c}").mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            (root / f"kind-{c}" / f"{i}.jpg").write_bytes(photo(1000 * c + i))
+            (root / f"kind-{c}" / f"{i}.jpg").write_bytes(photo(1000 * c + i, size))
     return root
 
 
