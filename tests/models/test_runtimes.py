@@ -9,6 +9,7 @@ import torch
 
 from models.base import DEFAULT_CHECKPOINT, embed_images, usable_cpus
 from models.checkpoint import CheckpointError, at_image_size, load_checkpoint
+from models.preprocessing import load_image
 from models.runtimes.eager import TorchEmbedder
 from models.runtimes.factory import model_lanes, open_embedder
 from models.runtimes.onnx import OnnxEmbedder, onnx_cache_path
@@ -26,8 +27,8 @@ def test_default_encoder_same_embeddings_and_top5_in_both_runtimes(tmp_path):
     """The real default model (EfficientNet-Lite0 + head): ONNX Runtime and PyTorch agree."""
     loaded = load_checkpoint(DEFAULT_CHECKPOINT)
     torch_runtime = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing)
-    onnx_runtime = open_embedder(loaded, "auto", "cpu", cache_dir=tmp_path).embedder
-    assert isinstance(onnx_runtime, OnnxEmbedder)
+    onnx_runtime = open_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path).embedder
+    assert isinstance(onnx_runtime, OnnxEmbedder) and onnx_runtime.name == "onnx"
     images = [synthetic_image(colour, seed, 120) for seed in range(4)
               for colour in COLOURS.values()]
     a = embed_images(torch_runtime, images)
@@ -47,8 +48,27 @@ def test_default_encoder_same_embeddings_and_top5_in_both_runtimes(tmp_path):
     assert onnx_runtime.fingerprint == loaded.fingerprint
     assert onnx_runtime.preprocessing == loaded.meta.preprocessing and onnx_runtime.dim == 128
     mtime = exported[0].stat().st_mtime_ns
-    open_embedder(loaded, "auto", "cpu", cache_dir=tmp_path)
+    open_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
     assert exported[0].stat().st_mtime_ns == mtime
+
+
+def test_the_shipped_int8_runtime_agrees_with_fp32_on_real_photos(grocery, tmp_path):
+    """The default checkpoint carries a gated INT8 calibration: auto serves it on the CPU,
+    and it ranks real photos as fp32 does (the gate's full numbers are in the metadata)."""
+    loaded = load_checkpoint(DEFAULT_CHECKPOINT)
+    gate = loaded.meta.extra["int8"]["gate"]
+    assert gate["passed"] and gate["recall@1_int8"] >= 0.848
+    int8 = open_embedder(loaded, "auto", "cpu", cache_dir=tmp_path)
+    fp32 = open_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path)
+    assert int8.embedder.name == "int8" and int8.fingerprint == fp32.fingerprint + "+int8"
+    photos = [load_image(p.read_bytes()) for d in sorted((grocery / "test").iterdir())
+              for p in sorted(d.glob("*.jpg"))[:2]]
+    a, b = embed_images(fp32.embedder, photos), embed_images(int8.embedder, photos)
+    cosine = np.sum(a * b, axis=1)
+    assert np.median(cosine) > 0.98 and cosine.min() > 0.9
+    overlap = [len(set(np.argsort(-(a @ a[i]))[1:6]) & set(np.argsort(-(b @ b[i]))[1:6])) / 5
+               for i in range(len(photos))]
+    assert np.mean(overlap) > 0.6
 
 
 def test_runtime_choice(tiny_checkpoint, tmp_path):
