@@ -34,6 +34,10 @@ class SearchResults(BaseModel):
     k: int
     took_ms: float
 
+    model_config = {"json_schema_extra": {"examples": [{
+        "results": [{"id": 812, "label": "Banana", "score": 0.93,
+                     "image_url": "/items/812/image"}], "k": 5, "took_ms": 12.4}]}}
+
 
 class LabelScore(BaseModel):
     label: str
@@ -47,6 +51,11 @@ class Classification(BaseModel):
     candidates: list[LabelScore]
     took_ms: float
 
+    model_config = {"json_schema_extra": {"examples": [{
+        "label": "Banana", "score": 0.94, "threshold": 0.89,
+        "candidates": [{"label": "Banana", "score": 0.94}, {"label": "Lemon", "score": 0.71}],
+        "took_ms": 12.9}]}}
+
 
 class EnrolledItem(WithImage):
     label: str
@@ -55,6 +64,10 @@ class EnrolledItem(WithImage):
 
 class EnrollResult(BaseModel):
     items: list[EnrolledItem]
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "items": [{"id": 2009, "label": "Stroopwafel", "created": True,
+                   "image_url": "/items/2009/image"}]}]}}
 
 
 class LabelCount(BaseModel):
