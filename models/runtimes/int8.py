@@ -144,12 +144,3 @@ def quantize_export(fp32_path: Path, out: Path, calibration: Int8Calibration,
             onnx.save(graph, str(target))
     return out
 
-
-def cpu_has_vnni() -> bool:
-    """VNNI (AVX-512 or AVX) int8 dot products: where reduce_range is not needed."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
