@@ -23,6 +23,7 @@ from models.prototypes import prototypes
 from models.runtimes.factory import open_embedder
 from training.data import class_list, scan_image_folder
 from training.embedding import embed_folder_cached
+from training.results import write_json
 
 
 def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> tuple[float, float]:
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image_size": loaded.meta.preprocessing.image_size,
     }
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return result
 
 

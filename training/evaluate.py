@@ -11,7 +11,6 @@ training: the baseline every result is compared with.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import tempfile
@@ -27,6 +26,7 @@ from training.data import ImageFolder, class_list, scan_image_folder
 from training.embedding import default_workers, embed_folder_cached
 from training.metrics import fewshot_accuracy, retrieval_metrics
 from training.plots import embedding_map, retrieval_grid
+from training.results import write_json
 
 log = logging.getLogger("training.evaluate")
 
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     result = evaluate(args)
     print(format_table(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return result
 
 

@@ -34,6 +34,7 @@ from models.prototypes import prototypes
 from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list, scan_image_folder
 from training.embedding import embed_folder_cached
+from training.results import write_json
 
 
 def default_heldout(classes: list[str]) -> list[str]:
@@ -174,11 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"{shots}_shot"] = {"summary": summarise(runs), "splits": runs}
     print(json.dumps({k: v["summary"] if isinstance(v, dict) and "summary" in v else v
                       for k, v in results.items()}, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return results
-
 
 
 if __name__ == "__main__":
