@@ -46,13 +46,22 @@ class LabelScore(BaseModel):
 
 class Classification(BaseModel):
     label: str = Field(description="the best label, or 'unknown' below the threshold")
-    score: float
+    score: float = Field(description="cosine to the best label's prototype")
     threshold: float
+    margin: float = Field(description="the best label's score minus the runner-up's (with "
+                                      "one label, its score)")
+    closest_label: str | None = Field(
+        description="the best label, also when the answer is 'unknown' (None: empty gallery)")
+    matches: list[SearchHit] = Field(
+        description="the closest label's photos most similar to the upload, best first")
     candidates: list[LabelScore]
     took_ms: float
 
     model_config = {"json_schema_extra": {"examples": [{
-        "label": "Banana", "score": 0.94, "threshold": 0.89,
+        "label": "Banana", "score": 0.94, "threshold": 0.89, "margin": 0.23,
+        "closest_label": "Banana",
+        "matches": [{"id": 812, "label": "Banana", "score": 0.91,
+                     "image_url": "/items/812/image"}],
         "candidates": [{"label": "Banana", "score": 0.94}, {"label": "Lemon", "score": 0.71}],
         "took_ms": 12.9}]}}
 
@@ -60,6 +69,9 @@ class Classification(BaseModel):
 class EnrolledItem(WithImage):
     label: str
     created: bool = Field(description="false when these bytes were already enrolled")
+    warnings: list[str] = Field(
+        default_factory=list, description="the photo was enrolled, but: a near-duplicate of "
+        "a stored photo, or closer to another label's photos than to its own label's")
 
 
 class EnrollResult(BaseModel):

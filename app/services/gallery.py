@@ -24,6 +24,7 @@ from models.preprocessing import ImageDecodeError, class_folder_images
 from models.prototypes import prototypes
 
 log = logging.getLogger(__name__)
+NEAR_DUPLICATE = 0.98  # cosine above which a new shot adds (almost) nothing to its label
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Gallery:
         self._label_sums: dict[str, np.ndarray] = {}
         self._label_counts: dict[str, int] = defaultdict(int)
         self._vectors: dict[int, np.ndarray] = {}
+        self._label_ids: dict[str, set[int]] = defaultdict(set)
         self._mutate = threading.Lock()  # serialises every change to store + index
         self._rw = ReadWriteLock()  # guards the derived state against concurrent searches
 
@@ -215,6 +217,35 @@ class Gallery:
         order = np.argsort(-scores)[:top]
         return [(labels[i], float(scores[i])) for i in order]
 
+    def best_of_label(self, vector: np.ndarray, label: str, k: int) -> list[Hit]:
+        """The ``k`` photos of ``label`` most similar to ``vector``, best first."""
+        with self._rw.read():
+            ids = sorted(self._label_ids.get(label, ()))
+            if not ids:
+                return []
+            scores = np.stack([self._vectors[i] for i in ids]) @ vector
+            order = np.argsort(-scores)[:k]
+            return [Hit(self.items[ids[i]], float(scores[i])) for i in order]
+
+    def enrol_warnings(self, label: str, vectors: np.ndarray) -> list[list[str]]:
+        """For each new shot of ``label``: is it a near-duplicate of a stored photo, or
+        closer to another label's photos than to its own label's? (Warnings, not errors:
+        the caller enrols it all the same.)"""
+        warnings = []
+        for vector in vectors:
+            found, hits = [], self.search(vector, 10)
+            if hits and hits[0].score >= NEAR_DUPLICATE:
+                found.append(f"near-duplicate of item {hits[0].item.id} "
+                             f"({hits[0].item.label}, cosine {hits[0].score:.3f})")
+            own = self.best_of_label(vector, label, 1)
+            other = next((h for h in hits if h.item.label != label), None)
+            if own and other and other.score > own[0].score:
+                found.append(f"closer to {other.item.label!r} (item {other.item.id}, cosine "
+                             f"{other.score:.3f}) than to any photo of {label!r} "
+                             f"({own[0].score:.3f})")
+            warnings.append(found)
+        return warnings
+
     def labels(self) -> dict[str, int]:
         with self._rw.read():
             return dict(sorted(self._label_counts.items()))
@@ -286,6 +317,7 @@ class Gallery:
             for item, vector in zip(items, vectors, strict=True):
                 self.items[item.id] = item
                 self._vectors[item.id] = vector
+                self._label_ids[item.label].add(item.id)
                 self._label_sums[item.label] = self._label_sums.get(item.label, 0) + vector
                 self._label_counts[item.label] += 1
 
@@ -297,9 +329,11 @@ class Gallery:
                 vector = self._vectors.pop(item.id, None)
                 if vector is None:
                     continue
+                self._label_ids[item.label].discard(item.id)
                 self._label_counts[item.label] -= 1
                 if self._label_counts[item.label] <= 0:
                     self._label_counts.pop(item.label, None)
                     self._label_sums.pop(item.label, None)
+                    self._label_ids.pop(item.label, None)
                 else:
                     self._label_sums[item.label] = self._label_sums[item.label] - vector

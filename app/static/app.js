@@ -70,6 +70,8 @@ async function searchWith(file) {
   $("query-image").src = URL.createObjectURL(file);
   $("prediction").textContent = "…";
   $("prediction-score").textContent = "";
+  $("prediction-why").textContent = "";
+  $("this-is").hidden = true;
   $("results").replaceChildren();
   $("results-title").hidden = true;
   const form = () => { const f = new FormData(); f.append("file", file); return f; };
@@ -81,7 +83,17 @@ async function searchWith(file) {
     $("results-title").hidden = false;
     $("results").replaceChildren(...found.results.map((r) => thumb(r, r.score.toFixed(3))));
     $("prediction").textContent = guess.label;
-    $("prediction-score").textContent = `(score ${guess.score.toFixed(3)})`;
+    $("prediction-score").textContent = `(score ${guess.score.toFixed(3)}, ` +
+      `${guess.margin.toFixed(3)} ahead of the next label)`;
+    if (guess.closest_label) {
+      const nearest = guess.matches.map((m) => `item ${m.id} (${m.score.toFixed(3)})`).join(", ");
+      $("prediction-why").textContent = (guess.label === "unknown"
+        ? `Closest label: ${guess.closest_label}. ` : "") + `Its best matches: ${nearest}.`;
+      // One click enrols the photo under the closest label.
+      $("this-is").textContent = `This is ${guess.closest_label}: enrol it`;
+      $("this-is").dataset.label = guess.closest_label;
+      $("this-is").hidden = false;
+    }
     if (guess.label !== "unknown") $("label-input").value = guess.label;
   } catch (error) {
     $("query").hidden = true;
@@ -99,8 +111,10 @@ async function enroll(event) {
   try {
     const result = await api("/enroll", { method: "POST", body });
     const item = result.items[0];
-    showMessage(item.created ? `Enrolled as "${item.label}" (item ${item.id}).`
-                             : `Already in the gallery as "${item.label}" (item ${item.id}).`, "ok");
+    const note = item.warnings.length ? ` Note: ${item.warnings.join("; ")}.` : "";
+    showMessage((item.created ? `Enrolled as "${item.label}" (item ${item.id}).`
+                              : `Already in the gallery as "${item.label}" (item ${item.id}).`)
+                + note, "ok");
     await loadLabels();
     await showLabel(item.label);
   } catch (error) {
@@ -212,6 +226,10 @@ function wire() {
     if (e.dataTransfer.files.length) searchWith(e.dataTransfer.files[0]);
   });
   $("enroll-form").addEventListener("submit", enroll);
+  $("this-is").addEventListener("click", (event) => {
+    $("label-input").value = $("this-is").dataset.label;
+    enroll(event);
+  });
   $("delete-item").addEventListener("click", deleteOpenItem);
   $("more-items").addEventListener("click", () => showLabel(currentLabel, true));
   const key = $("api-key");

@@ -55,7 +55,7 @@ def test_same_bytes_same_label_returns_the_existing_id(client):
     first = enroll(client, data, "purple").json()["items"][0]
     again = enroll(client, data, "purple")
     assert again.status_code == 200
-    assert again.json()["items"][0] == {**first, "created": False}
+    assert again.json()["items"][0] == {**first, "created": False, "warnings": []}
     assert client.get("/labels").json()["labels"][-2:][0]["label"] in {"green", "purple"}
     counts = {x["label"]: x["count"] for x in client.get("/labels").json()["labels"]}
     assert counts["purple"] == 1
@@ -353,3 +353,40 @@ def test_missing_stored_photos_are_reported_at_start_up(tiny_checkpoint, tmp_pat
         gone = report["missing_photos"][0]
         assert client.get(f"/items/{gone}/image").json()["code"] == "image_missing"
         assert client.get("/labels").json()["total_items"] == 3  # not a silent loss
+
+
+def test_classify_explains_itself(client):
+    body = client.post("/classify", files=upload(photo("red", 7))).json()
+    assert body["closest_label"] == "red" and body["label"] in ("red", "unknown")
+    scores = [c["score"] for c in body["candidates"]]
+    assert body["margin"] == pytest.approx(scores[0] - scores[1])
+    assert 1 <= len(body["matches"]) <= 3 and {m["label"] for m in body["matches"]} == {"red"}
+    assert body["matches"] == sorted(body["matches"], key=lambda m: -m["score"])
+    assert client.get(body["matches"][0]["image_url"]).status_code == 200
+
+
+def test_classify_names_the_closest_label_when_the_answer_is_unknown(tiny_checkpoint,
+                                                                     gallery_dir, tmp_path):
+    with running(tiny_checkpoint, tmp_path / "d", gallery_dir, classify_threshold=1.0) as c:
+        body = c.post("/classify", files=upload(photo("blue", 8))).json()
+        assert body["label"] == "unknown" and body["closest_label"] == "blue"
+        assert body["matches"][0]["label"] == "blue"
+
+
+def test_enrol_warns_of_near_duplicates_and_shots_closer_to_another_label(client):
+    red = (client.get("/items", params={"label": "red"}).json()["items"][0])
+    stored = client.get(red["image_url"]).content
+    near = Image.open(io.BytesIO(stored)).convert("RGB")
+    near.putpixel((0, 0), (0, 0, 0))  # other bytes, the same photo to the encoder
+    first = enroll(client, jpeg_bytes(near, quality=95), "Crimson").json()["items"][0]
+    assert first["created"] and any("near-duplicate of item" in w and "red" in w
+                                    for w in first["warnings"])
+    # Crimson's next shot is a green photo: nearer to 'green' than to Crimson's own photo.
+    second = enroll(client, photo("green", 901), "Crimson").json()["items"][0]
+    assert second["created"] and any("closer to 'green'" in w for w in second["warnings"])
+    gallery = client.app.state.service.gallery  # a vector far from every stored photo
+    far = np.random.default_rng(0).normal(size=gallery.embedding.dim).astype(np.float32)
+    warnings = gallery.enrol_warnings("blue", (far / np.linalg.norm(far))[None])
+    assert not any("near-duplicate" in w for w in warnings[0])
+    again = enroll(client, jpeg_bytes(near, quality=95), "Crimson").json()["items"][0]
+    assert not again["created"] and again["warnings"] == []  # itself, not a warning

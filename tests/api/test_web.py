@@ -65,6 +65,11 @@ def test_search_enrol_find_and_delete_in_the_browser(web):
     # Searching with the same photo finds the enrolled item first.
     page.set_input_files("#file-input", str(query))
     expect(page.locator("#results li").first).to_contain_text("cyan-thing")
+    # The answer explains itself, and "This is X" enrols the photo under X in one click.
+    expect(page.locator("#prediction-why")).to_contain_text("Its best matches: item")
+    expect(page.locator("#this-is")).to_have_text("This is cyan-thing: enrol it")
+    page.click("#this-is")
+    expect(page.locator("#message")).to_contain_text('Already in the gallery as "cyan-thing"')
 
     page.locator("#items .thumb").first.click()
     expect(page.locator("#item-dialog")).to_be_visible()

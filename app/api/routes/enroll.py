@@ -40,9 +40,12 @@ async def enroll(
                            "too_many_files")
     images = [await decode_upload(await read_upload(f, settings), embedding) for f in file]
     vectors = np.stack(await asyncio.gather(*(embedding.embed(i.model_input) for i in images)))
+    warnings = await asyncio.to_thread(gallery.enrol_warnings, label, vectors)
     results = await asyncio.to_thread(gallery.enroll, label, images, vectors)
     if not any(created for _, created in results):
         response.status_code = status.HTTP_200_OK
     return EnrollResult(items=[
-        EnrolledItem(id=item.id, label=item.label, created=created) for item, created in results
+        EnrolledItem(id=item.id, label=item.label, created=created,
+                     warnings=found if created else [])
+        for (item, created), found in zip(results, warnings, strict=True)
     ])

@@ -38,10 +38,14 @@ async def classify(photo: PhotoDep, gallery: GalleryDep,
     ranked = gallery.classify(photo.vector)
     best_label, best_score = ranked[0] if ranked else ("unknown", -1.0)
     threshold = settings.classify_threshold
+    matches = gallery.best_of_label(photo.vector, best_label, 3) if ranked else []
     return Classification(
         label=best_label if best_score >= threshold else "unknown",
         score=best_score,
         threshold=threshold,
+        margin=best_score - ranked[1][1] if len(ranked) > 1 else best_score,
+        closest_label=best_label if ranked else None,
+        matches=[SearchHit(id=h.item.id, label=h.item.label, score=h.score) for h in matches],
         candidates=[LabelScore(label=label, score=score) for label, score in ranked],
         took_ms=photo.took_ms,
     )
