@@ -58,15 +58,14 @@ def gate(fp32: OnnxEmbedder, int8: OnnxEmbedder, queries: ImageFolder, gallery: 
     """Seen recall@1 of both runtimes (queries against the gallery), the share of each
     query's top 5 that the two share, and the cosine between their embeddings."""
     out: dict = {}
-    top5 = {}
+    top5, embedded = {}, {}
     for name, embedder in (("fp32", fp32), ("int8", int8)):
-        q = embed_folder(embedder, queries, desc=f"{name} queries")
+        q = embedded[name] = embed_folder(embedder, queries, desc=f"{name} queries")
         g = embed_folder(embedder, gallery, desc=f"{name} gallery")
         out[f"recall@1_{name}"] = retrieval_metrics(q, names(queries), g, names(gallery))[
             "recall@1"]
         top5[name] = np.argsort(-(q @ g.T), axis=1)[:, :5]
-        out[f"_queries_{name}"] = q
-    cosine = np.sum(out.pop("_queries_fp32") * out.pop("_queries_int8"), axis=1)
+    cosine = np.sum(embedded["fp32"] * embedded["int8"], axis=1)
     out["top5_overlap"] = float(np.mean([len(set(a) & set(b)) / 5 for a, b in
                                          zip(top5["fp32"], top5["int8"], strict=True)]))
     out["cosine_median"], out["cosine_min"] = float(np.median(cosine)), float(cosine.min())

@@ -50,7 +50,6 @@ class Gallery:
         self.index = VectorIndex(embedding.dim)
         self.items: dict[int, Item] = {}
         self._label_sums: dict[str, np.ndarray] = {}
-        self._label_counts: dict[str, int] = defaultdict(int)
         self._vectors: dict[int, np.ndarray] = {}
         self._label_ids: dict[str, set[int]] = defaultdict(set)
         self._mutate = threading.Lock()  # serialises every change to store + index
@@ -90,7 +89,7 @@ class Gallery:
             with self._rw.read():
                 indexed = set(self.index.ids().tolist())
                 served = set(self.items)
-                counts = dict(self._label_counts)
+                counts = {label: len(ids) for label, ids in self._label_ids.items()}
                 sums = {label: total.copy() for label, total in self._label_sums.items()}
         by_id = {item.id: item for item in items}
         embedded = set(ids.tolist())
@@ -248,7 +247,7 @@ class Gallery:
 
     def labels(self) -> dict[str, int]:
         with self._rw.read():
-            return dict(sorted(self._label_counts.items()))
+            return {label: len(ids) for label, ids in sorted(self._label_ids.items())}
 
     # Changes -----------------------------------------------------------------------------
     def enroll(self, label: str, images: list[NewImage],
@@ -319,7 +318,6 @@ class Gallery:
                 self._vectors[item.id] = vector
                 self._label_ids[item.label].add(item.id)
                 self._label_sums[item.label] = self._label_sums.get(item.label, 0) + vector
-                self._label_counts[item.label] += 1
 
     def _apply_remove(self, items: list[Item]) -> None:
         with self._rw.write():
@@ -330,9 +328,7 @@ class Gallery:
                 if vector is None:
                     continue
                 self._label_ids[item.label].discard(item.id)
-                self._label_counts[item.label] -= 1
-                if self._label_counts[item.label] <= 0:
-                    self._label_counts.pop(item.label, None)
+                if not self._label_ids[item.label]:
                     self._label_sums.pop(item.label, None)
                     self._label_ids.pop(item.label, None)
                 else:
