@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.harness import free_port, service
+from bench.harness import Service
 from bench.http_load import search_latencies, search_request, search_throughput
 from bench.reliability import make_gallery
 from models.base import DEFAULT_CHECKPOINT
@@ -132,13 +131,11 @@ def bench_service(checkpoint: str, gallery: Path, device: torch.device, work: Pa
                   seconds: float) -> dict:
     """/search with the service on ``device``: one client's latency, 16 clients' sustained
     throughput."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "CHECKPOINT": checkpoint,
-           "DATA_DIR": str(work / "service-data"), "GALLERY_DIR": str(gallery),
-           "DEVICE": device.type, "LOG_LEVEL": "WARNING"}
+    spec = Service(checkpoint, work / "service-data", gallery, {"DEVICE": device.type})
+    port = spec.port
     queries = [p.read_bytes() for p in sorted(gallery.rglob("*.jpg"))[::7][:40]]
     requests = [search_request(q, port) for q in queries]
-    with service([sys.executable, "-m", "app"], env, port, timeout=900) as server:
+    with spec.run() as server:
         latencies, _ = asyncio.run(search_latencies(port, requests, 100))
         window = asyncio.run(search_throughput(port, requests, 16, seconds,
                                                server_pid=server.pid))

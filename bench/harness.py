@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -55,13 +56,32 @@ def service(cmd: list[str], env: dict[str, str], port: int,
                     process.kill()
 
 
-def start_service(data_dir: Path, gallery: Path, port: int,
-                  checkpoint: str) -> AbstractContextManager[subprocess.Popen]:
-    """``python -m app`` on ``port`` serving ``gallery``, as ``make run`` would."""
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "CHECKPOINT": checkpoint,
-           "DATA_DIR": str(data_dir), "GALLERY_DIR": str(gallery), "LOG_LEVEL": "WARNING"}
-    env.pop("API_KEY", None)
-    return service([sys.executable, "-m", "app"], env, port, timeout=1800)
+@dataclass
+class Service:
+    """How to start ``python -m app`` for a scenario."""
+
+    checkpoint: str
+    data_dir: Path
+    gallery: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    timeout: float = 1800  # a first start embeds the whole gallery
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in {"API_KEY", "CHECKPOINT"}}
+        env.update(PORT=str(self.port), HOST="127.0.0.1", CHECKPOINT=self.checkpoint,
+                   DATA_DIR=str(self.data_dir), GALLERY_DIR=str(self.gallery or ""),
+                   LOG_LEVEL="WARNING", **self.env)
+        return env
+
+    def run(self) -> AbstractContextManager[subprocess.Popen]:
+        """``python -m app`` with this environment, until ready (see :func:`service`)."""
+        return service([sys.executable, "-m", "app"], self.environment(), self.port,
+                       timeout=self.timeout)
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:

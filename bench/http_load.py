@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from bench.embedding import SideBySide, runtime_device
-from bench.harness import free_port, process_cpu_s, start_service, timed
+from bench.harness import Service, free_port, process_cpu_s, timed
 from models.base import Embedder
 
 LOAD_ROUNDS = 9  # rounds of 16-client load, each after batch-32 timings of its own
@@ -153,7 +153,7 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     requests = [search_request(query, port) for query in queries]
-    with start_service(work / "startup-data", gallery, port, checkpoint) as server:
+    with Service(checkpoint, work / "startup-data", gallery, port=port).run() as server:
         latencies, bare = asyncio.run(search_latencies(
             port, requests, 100, lambda: runtime.embed_batch(one)))
         latencies.sort()

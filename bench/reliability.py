@@ -36,14 +36,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 
-from bench.harness import ROOT, free_port, service
+from bench.harness import ROOT, Service
 from models.base import DEFAULT_CHECKPOINT
 
 
@@ -64,32 +63,6 @@ def make_gallery(root: Path, classes: int = 4, per_class: int = 3, size: int = 9
         for i in range(per_class):
             (root / f"kind-{c}" / f"{i}.jpg").write_bytes(photo(1000 * c + i, size))
     return root
-
-
-@dataclass
-class Service:
-    """How to start ``python -m app`` for a scenario."""
-
-    checkpoint: str
-    data_dir: Path
-    gallery: Path | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in {"API_KEY", "CHECKPOINT"}}
-        env.update(PORT=str(self.port), HOST="127.0.0.1", CHECKPOINT=self.checkpoint,
-                   DATA_DIR=str(self.data_dir), GALLERY_DIR=str(self.gallery or ""),
-                   LOG_LEVEL="WARNING", **self.env)
-        return env
-
-    def run(self) -> contextlib.AbstractContextManager[subprocess.Popen]:
-        return service([sys.executable, "-m", "app"], self.environment(), self.port,
-                       timeout=900)
 
 
 def rss_kib(pid: int) -> int | None:

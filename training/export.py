@@ -28,8 +28,9 @@ from models.base import DEFAULT_CHECKPOINT
 from models.checkpoint import LoadedEncoder, load_checkpoint, set_checkpoint_extra
 from models.preprocessing import class_folder_images, load_image, preprocess
 from models.runtimes.eager import TorchEmbedder
+from models.runtimes.factory import int8_metadata
 from models.runtimes.int8 import Int8Calibration, QuantOptions, measure_ranges, quantize_export
-from models.runtimes.onnx import OnnxEmbedder, onnx_metadata
+from models.runtimes.onnx import OnnxEmbedder
 from models.runtimes.onnx_export import export_onnx
 from training.data import ImageFolder, scan_image_folder
 from training.embedding import embed_folder
@@ -86,8 +87,7 @@ def export_int8(loaded: LoadedEncoder, args: argparse.Namespace) -> dict:
         inputs = calibration_photos(args.calibration, args.per_class, fp32.preprocessing)
         calibration = Int8Calibration(options, measure_ranges(fp32_path, inputs, options))
         int8_path = Path(tmp) / "int8.onnx"
-        quantize_export(fp32_path, int8_path, calibration, onnx_metadata(
-            loaded.fingerprint + "+int8", fp32.preprocessing, fp32.dim, runtime="int8"))
+        quantize_export(fp32_path, int8_path, calibration, int8_metadata(fp32))
         result = gate(fp32, OnnxEmbedder(int8_path), scan_image_folder(args.gate_queries),
                       scan_image_folder(args.gate_gallery), args.max_recall_drop)
     result.update(calibration_photos=len(inputs), image_size=fp32.preprocessing.image_size,

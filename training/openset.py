@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from models.base import embed_images
 from models.checkpoint import load_checkpoint
+from models.preprocessing import class_folder_images
 from models.prototypes import prototypes
 from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list, scan_image_folder
@@ -143,8 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     def embed(folder: ImageFolder) -> np.ndarray:
         return embed_folder_cached(embedder, folder, args.cache, fingerprint)
 
-    gallery = scan_image_folder(args.gallery)
-    heldout = args.heldout or default_heldout(gallery.classes)
+    heldout = args.heldout or default_heldout(list(class_folder_images(args.gallery)))
     known = scan_image_folder(args.gallery, exclude=heldout)
     known_vectors = embed(known)
     known_labels = np.array([known.classes[s.label] for s in known.samples])

@@ -214,7 +214,8 @@ class Store:
         return relative.as_posix(), True
 
     def remove_unused_image(self, path: str) -> None:
-        """Remove a stored photo that no item refers to (e.g. its insert failed)."""
+        """Remove an enrolled photo (``path`` relative to the data dir) that no item refers
+        to any more: its items were deleted, or their insert failed."""
         with self._lock:
             used = self._db.execute("SELECT 1 FROM items WHERE path = ? LIMIT 1",
                                     (path,)).fetchone()
@@ -259,18 +260,13 @@ class Store:
                                (item.path, item.sha256))
                 db.execute("DELETE FROM items WHERE id = ?", (item.id,))
         for item in items:
-            if item.source == "enrolled" and not self._image_still_used(item):
-                (self.data_dir / item.path).unlink(missing_ok=True)
+            if item.source == "enrolled":
+                self.remove_unused_image(item.path)
 
     def forget_gallery_paths(self, items: list[Item]) -> None:
         """Drop gallery items whose files are gone from the folder (no tombstone)."""
         with self.transaction() as db:
             db.executemany("DELETE FROM items WHERE id = ?", [(i.id,) for i in items])
-
-    def _image_still_used(self, item: Item) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM items WHERE path = ? LIMIT 1",
-                                    (item.path,)).fetchone() is not None
 
     def image_path(self, item: Item) -> Path:
         return Path(item.path) if item.source == "gallery" else self.data_dir / item.path

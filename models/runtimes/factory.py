@@ -90,12 +90,15 @@ def on_cpu(fp32: OnnxEmbedder, fingerprint: str, runtime: Runtime,
     embedder = open_cached_onnx(path, int8_fingerprint, threads)
     if embedder is None:
         log.info("quantising the ONNX export to INT8 at %s (once per checkpoint)", path)
-        metadata = {**fp32.metadata(), **onnx_metadata(int8_fingerprint, fp32.preprocessing,
-                                                       fp32.dim, runtime="int8")}
-        metadata.pop("fewshot.int8", None)
-        quantize_export(fp32.path, path, calibration, metadata)
+        quantize_export(fp32.path, path, calibration, int8_metadata(fp32))
         embedder = OnnxEmbedder(path, threads)
     return OpenedEmbedder(embedder, int8_fingerprint, "cpu")
+
+
+def int8_metadata(fp32: OnnxEmbedder) -> dict[str, str]:
+    """What the INT8 graph quantised from ``fp32`` carries about itself."""
+    return onnx_metadata(fp32.fingerprint + INT8_SUFFIX, fp32.preprocessing, fp32.dim,
+                         runtime="int8")
 
 
 def model_lanes(embedder: Embedder, lanes: int | None = None,

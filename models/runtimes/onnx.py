@@ -74,9 +74,6 @@ class OnnxEmbedder:
         self.input_name = self.session.get_inputs()[0].name
         self.path = Path(onnx_path)
 
-    def metadata(self) -> dict[str, str]:
-        return dict(self.session.get_modelmeta().custom_metadata_map)
-
     def single_threaded(self) -> OnnxEmbedder:
         """Another session of the same export on one thread, which several threads may run
         at once: parallel batches instead of threads working in lock-step on one."""

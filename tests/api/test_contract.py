@@ -4,7 +4,8 @@ and without an API key. CI runs 25 cases an operation; `make reliability` many m
 
 import pytest
 
-from bench.reliability import Service, schemathesis
+from bench.harness import Service
+from bench.reliability import schemathesis
 from tests.helpers import COLOURS, make_image_folder
 
 pytestmark = pytest.mark.slow

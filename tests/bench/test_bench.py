@@ -3,7 +3,6 @@ accounting, its ratios and its targets, and the alternating embedding timings.""
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 import bench.embedding
-from bench.harness import free_port, process_cpu_s, service
+from bench.harness import Service, process_cpu_s
 from bench.http_load import BareConnection, search_latencies, search_request, search_throughput
 from bench.report import TARGETS, Target, add_ratios, cpu_rows, load_ratio
 from models.base import usable_cpus
@@ -22,22 +21,14 @@ from models.checkpoint import load_checkpoint
 from tests.helpers import COLOURS, make_image_folder
 
 
-def service_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHECKPOINT", "API_KEY"))}
-    env.update(values)
-    return env
-
-
 @pytest.mark.slow
 def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_path):
     """`make bench` measures /search with its own bare HTTP client: the service must parse
     its requests, and an error answer must fail the benchmark, not pass as a fast request."""
-    port = free_port()
     gallery = make_image_folder(tmp_path / "gallery", {n: COLOURS[n] for n in ("red", "blue")},
                                 per_class=3)
-    env = service_env(PORT=str(port), HOST="127.0.0.1", CHECKPOINT=str(tiny_checkpoint),
-                      DATA_DIR=str(tmp_path / "data"), GALLERY_DIR=str(gallery),
-                      LOG_LEVEL="WARNING")
+    spec = Service(str(tiny_checkpoint), tmp_path / "data", gallery)
+    port = spec.port
 
     async def one(request: bytes) -> dict:
         connection = await BareConnection.open(port)
@@ -46,7 +37,7 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
         finally:
             connection.close()
 
-    with service([sys.executable, "-m", "app"], env, port) as server:
+    with spec.run() as server:
         query = (tmp_path / "gallery" / "red" / "000.jpg").read_bytes()
         answer = asyncio.run(one(search_request(query, port)))
         assert len(answer["results"]) == 5
