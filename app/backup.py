@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from app.core.config import Settings
-from app.services.store import Item, Snapshot, Store
+from app.stores.base import Item
+from app.stores.sqlite import Snapshot, SqliteDatabase
 from models.atomic import atomic_write
 
 FORMAT, VERSION = "fewshot-gallery-backup", 1
@@ -36,7 +37,7 @@ class BackupError(ValueError):
 
 
 def export_gallery(data_dir: Path, out: Path) -> dict[str, int]:
-    store = Store(data_dir)
+    store = SqliteDatabase(data_dir)
     try:
         snapshot = store.snapshot()
         photos = {item.sha256: store.image_path(item) for item in snapshot.items}
@@ -77,7 +78,7 @@ def import_gallery(backup: Path, data_dir: Path) -> dict[str, int]:
         manifest = json.loads(_read(tar, "manifest.json"))
         if manifest.get("format") != FORMAT or int(manifest.get("version", 0)) > VERSION:
             raise BackupError(f"{backup} is not a gallery backup this version can read")
-        store = Store(data_dir)
+        store = SqliteDatabase(data_dir)
         try:
             if store.all_items():
                 raise BackupError(f"{data_dir} already holds a gallery: import into an empty "

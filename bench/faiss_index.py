@@ -72,7 +72,7 @@ def bench_faiss(sizes: dict[str, list[int]], dim: int = 128, queries: int = 200,
             tune, q = near(base, queries, rng), near(base, queries, rng)
             flat = faiss.IndexFlatIP(dim)
             flat.add(base)
-            with faiss_threads(1):  # as the service searches (app/services/index.py)
+            with faiss_threads(1):  # as the service searches (app/stores/faiss_index.py)
                 flat_s = timed(lambda f=flat, q=q: search_one_by_one(f, q), 2) / queries
             hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = 64

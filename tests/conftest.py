@@ -35,6 +35,30 @@ def grocery() -> Path:
     return GROCERY
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL 16 with pgvector (the pgserver package), for this test session."""
+    import pgserver
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture()
+def database_url(postgres_server, request: pytest.FixtureRequest) -> str:
+    """A new, empty database on the session's server: postgresql://... for DATABASE_URL."""
+    import psycopg
+
+    uri = postgres_server.get_uri()
+    name = f"t{abs(hash(request.node.nodeid)) % 10**12}_{os.getpid()}"
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return uri.replace("/postgres?", f"/{name}?", 1)
+
+
 @pytest.fixture(scope="module")
 def gallery_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three colour classes, 4 images each: the service's gallery folder in API tests."""

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.services.embedding import ShuttingDown
-from app.services.store import StorageFull
+from app.stores.base import StorageFull, StoreUnavailable
 from models.preprocessing import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status.HTTP_507_INSUFFICIENT_STORAGE,
                               "the service's disk is full: nothing was stored; searches still "
                               "work", "storage_full")
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("gallery database unavailable: %s", exc)
+        return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
+                              "database_unavailable", {"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

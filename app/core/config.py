@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: Literal["auto", "torch", "onnx", "int8"] = "auto"
     data_dir: Path = Path("data")
+    # Unset: the embedded store (SQLite + FAISS in DATA_DIR). postgresql://...: the shared
+    # store, for several replicas (PostgreSQL with pgvector).
+    database_url: str | None = Field(None, pattern=r"^postgres(ql)?://")
+    database_pool_size: int = Field(8, ge=1)
+    # PostgreSQL: searches are exact below this many items, HNSW (approximate) above.
+    exact_search_below: int = Field(20_000, ge=0)
     gallery_dir: Path | None = None
     api_key: str | None = None
     search_requires_key: bool = False
@@ -52,7 +58,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1)
     log_level: str = "INFO"
 
-    @field_validator("gallery_dir", "api_key", mode="before")
+    @field_validator("gallery_dir", "api_key", "database_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
-from app.services.store import Store
+from app.stores import open_store
 from models.runtimes.factory import model_lanes, open_embedder
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class ServiceState:
             self.ready, self.detail = True, "ready"
             assert self.gallery is not None
             log.info("ready in %.1f s: %d items in the gallery (%s)", self.startup_seconds,
-                     len(self.gallery.index), stats)
+                     len(self.gallery), stats)
         except Exception as exc:  # reported through /readyz and the log, never swallowed
             log.exception("start-up failed")
             self.detail = f"start-up failed: {type(exc).__name__}: {exc}"
@@ -55,7 +55,7 @@ class ServiceState:
         lane_embedder, lanes = model_lanes(embedder, s.model_lanes, s.threads)
         self.embedding = EmbeddingService.from_settings(embedder, s, lane_embedder, lanes)
         self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
-        self.gallery = Gallery(Store(s.data_dir), self.embedding, opened.fingerprint)
+        self.gallery = Gallery(open_store(s, embedder.dim, opened.fingerprint), self.embedding)
         log.info("loaded %s (fingerprint %s) on %s with runtime %s, %d model lanes under load",
                  s.checkpoint, opened.fingerprint, opened.device, embedder.name,
                  self.embedding.lanes)

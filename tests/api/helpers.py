@@ -11,6 +11,10 @@ from app.main import create_app
 from tests.helpers import COLOURS, jpeg_bytes
 from tests.helpers import synthetic_image as synth
 
+# Set by the ``store`` fixture: the PostgreSQL database the service runs on, or None for
+# the embedded store.
+DATABASE_URL: str | None = None
+
 
 def wait_ready(client: TestClient, timeout: float = 60) -> dict:
     deadline = time.time() + timeout
@@ -26,6 +30,7 @@ def wait_ready(client: TestClient, timeout: float = 60) -> dict:
 
 @contextmanager
 def running(checkpoint: Path, data_dir: Path, gallery: Path | None = None, **overrides):
+    overrides.setdefault("database_url", DATABASE_URL)
     settings = Settings(_env_file=None, checkpoint=str(checkpoint), data_dir=data_dir,
                         gallery_dir=gallery, **overrides)
     app = create_app(settings)

@@ -9,7 +9,7 @@ import pytest
 
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
-from app.services.index import ReadWriteLock
+from app.stores.faiss_index import ReadWriteLock
 from models.preprocessing import Preprocessing
 from tests.helpers import jpeg_bytes, synthetic_image
 
@@ -273,7 +273,7 @@ def test_gallery_searches_keep_faiss_to_one_thread():
     cores the model needs; the service's index searches on the calling thread."""
     import faiss
 
-    from app.services.index import VectorIndex
+    from app.stores.faiss_index import VectorIndex
 
     index = VectorIndex(4)
     index.add(np.arange(3), np.eye(4, dtype=np.float32)[:3])

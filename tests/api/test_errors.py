@@ -6,8 +6,10 @@ import sqlite3
 
 import pytest
 
-import app.services.store as store_module
+import app.stores.sqlite as store_module
 from tests.api.helpers import enroll, photo, running, upload
+
+pytestmark = pytest.mark.both_stores
 
 
 def assert_error(response, status: int, code: str) -> dict:
@@ -77,6 +79,7 @@ def stored_photos(client) -> set:
     return {p.name for p in (data_dir / "images").rglob("*") if p.is_file()}
 
 
+@pytest.mark.embedded_only  # SQLite files and the in-memory FAISS index
 @pytest.mark.parametrize("where", ["photo", "database"])
 def test_a_full_disk_is_507_with_nothing_half_written(client, monkeypatch, where):
     before_items, before_photos = client.get("/labels").json(), stored_photos(client)
@@ -90,7 +93,7 @@ def test_a_full_disk_is_507_with_nothing_half_written(client, monkeypatch, where
     if target:
         monkeypatch.setattr(store_module, target, no_space)
     else:
-        monkeypatch.setattr(store_module.Store, "insert_items", no_space)
+        monkeypatch.setattr(store_module.SqliteDatabase, "insert_items", no_space)
     assert_error(enroll(client, photo("cyan", 1), "Cyan"), 507, "storage_full")
     assert client.get("/labels").json() == before_items  # no item, no label
     assert stored_photos(client) == before_photos  # no photo left behind
@@ -107,13 +110,14 @@ def test_a_stopping_service_answers_503_shutting_down(client):
     assert "shutting down" in body["detail"]
 
 
+@pytest.mark.embedded_only  # SQLite files and the in-memory FAISS index
 def test_the_service_checks_itself_and_finds_a_tampered_index(client):
     enroll(client, photo("cyan", 9), "Cyan")
     report = client.get("/consistency").json()
     assert report["consistent"] and report["items"] == report["indexed"] == 13
-    gallery = client.app.state.service.gallery
-    victim = next(iter(gallery.items))
-    gallery.index.remove([victim])  # as a bug would: the store keeps it, the index not
+    store = client.app.state.service.gallery.store
+    victim = store.list_items()[0].id
+    store.index.remove([victim])  # as a bug would: the store keeps it, the index not
     report = client.get("/consistency").json()
     assert not report["consistent"] and report["not_indexed"] == [victim]
     assert report["served_not_indexed"] == [victim]

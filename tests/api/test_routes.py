@@ -11,6 +11,8 @@ from tests.api.helpers import enroll, photo, running, upload
 from tests.helpers import COLOURS, jpeg_bytes, make_image_folder, make_tiny_checkpoint, png_bytes
 from tests.helpers import synthetic_image as synth
 
+pytestmark = pytest.mark.both_stores
+
 
 def test_health_readiness_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -249,7 +251,7 @@ def test_restart_keeps_enrolled_items_and_embeds_nothing_again(tiny_checkpoint, 
         assert c.get("/readyz").json()["gallery_items"] == 13
 
 
-def test_checkpoint_change_recomputes_embeddings_never_mixing(gallery_dir, tmp_path):
+def test_checkpoint_change_recomputes_embeddings_never_mixing(gallery_dir, tmp_path, store):
     first = make_tiny_checkpoint(tmp_path / "a.pt", seed=1)
     second = make_tiny_checkpoint(tmp_path / "b.pt", seed=2)
     data_dir = tmp_path / "ckchange"
@@ -260,10 +262,13 @@ def test_checkpoint_change_recomputes_embeddings_never_mixing(gallery_dir, tmp_p
         assert stats["embedded"] == 13 and stats["added"] == 0
         top = c.post("/search", files=upload(photo("cyan", 6))).json()["results"][0]
         assert top["id"] == item["id"] and top["score"] == pytest.approx(1.0, abs=1e-3)
-        fingerprint = c.app.state.service.gallery.fingerprint
-    with sqlite3.connect(data_dir / "gallery.sqlite3") as db:
-        rows = db.execute("SELECT fingerprint, count(*) FROM embeddings GROUP BY 1").fetchall()
-    assert rows == [(fingerprint, 13)]
+        fingerprint = c.app.state.service.gallery.store.fingerprint
+        assert c.get("/consistency").json()["indexed"] == 13
+    if store == "embedded":  # one embedding per item: the new checkpoint's
+        with sqlite3.connect(data_dir / "gallery.sqlite3") as db:
+            rows = db.execute("SELECT fingerprint, count(*) FROM embeddings GROUP BY 1"
+                              ).fetchall()
+        assert rows == [(fingerprint, 13)]
 
 
 def test_gallery_folder_changes_are_picked_up(tiny_checkpoint, tmp_path):
@@ -321,6 +326,7 @@ def test_metrics_are_prometheus_text(client):
     assert "gallery_items 12.0" in text
 
 
+@pytest.mark.embedded_only  # SQLite files and the in-memory FAISS index
 def test_a_corrupt_or_foreign_database_is_a_clear_start_up_error(tiny_checkpoint, tmp_path):
     corrupt, foreign = tmp_path / "corrupt", tmp_path / "foreign"
     corrupt.mkdir()
@@ -338,6 +344,7 @@ def test_a_corrupt_or_foreign_database_is_a_clear_start_up_error(tiny_checkpoint
     assert (corrupt / "gallery.sqlite3").read_bytes() == b"\x00garbage" * 1000  # untouched
 
 
+@pytest.mark.embedded_only  # SQLite files and the in-memory FAISS index
 def test_missing_stored_photos_are_reported_at_start_up(tiny_checkpoint, tmp_path):
     with running(tiny_checkpoint, tmp_path / "d") as client:
         ids = [enroll(client, photo("cyan", s), "Cyan").json()["items"][0]["id"]

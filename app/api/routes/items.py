@@ -5,13 +5,13 @@ import mimetypes
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 
 from app.api.deps import GalleryDep, ReadAccess, WriteAccess
 from app.api.errors import ServiceError, error_responses
 from app.schemas import Deleted, GalleryItem, ItemPage, LabelCount, LabelList
 from app.services.gallery import Gallery
-from app.services.store import Item
+from app.stores.base import Item
 
 router = APIRouter(tags=["gallery"])
 
@@ -60,18 +60,20 @@ def get_item(item_id: int, gallery: GalleryDep) -> GalleryItem:
 
 
 @router.get("/items/{item_id}/image", dependencies=[ReadAccess],
-            response_class=FileResponse, summary="The stored photo itself",
+            response_class=Response, summary="The stored photo itself",
             responses={200: {"content": {"image/*": {}}, "description": "the photo's bytes"},
                        **ONE_ITEM_ERRORS})
-def get_item_image(item_id: int, gallery: GalleryDep) -> FileResponse:
+def get_item_image(item_id: int, gallery: GalleryDep) -> Response:
     item = find_item(gallery, item_id)
-    path = gallery.store.image_path(item)
-    if not path.is_file():
+    data = gallery.store.read_photo(item)
+    if data is None:
         raise ServiceError(status.HTTP_404_NOT_FOUND,
                            f"the image file of item {item_id} is missing", "image_missing")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type,
-                        headers={"Cache-Control": "public, max-age=86400"})
+    media_type = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
+    # A photo never changes under its id: its hash is its ETag.
+    return Response(data, media_type=media_type,
+                    headers={"Cache-Control": "public, max-age=86400",
+                             "ETag": f'"{item.sha256}"'})
 
 
 @router.delete("/items/{item_id}", response_model=Deleted, dependencies=[WriteAccess],

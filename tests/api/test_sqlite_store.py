@@ -4,11 +4,11 @@ import sqlite3
 
 import pytest
 
-from app.services.store import Store
+from app.stores.sqlite import SqliteDatabase
 
 
 def test_an_error_after_sqlite_rolled_back_by_itself_is_the_one_raised(tmp_path):
-    store = Store(tmp_path)
+    store = SqliteDatabase(tmp_path)
     with pytest.raises(sqlite3.OperationalError, match="database or disk is full"), \
             store.transaction() as db:
         db.execute("INSERT INTO tombstones VALUES ('a', 'b')")

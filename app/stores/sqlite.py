@@ -1,4 +1,5 @@
-"""SQLite, the source of truth: items, labels, image hashes, embeddings and their checkpoint.
+"""SQLite, the embedded store's source of truth: items, labels, image hashes, embeddings and
+their checkpoint.
 
 Enrolled images live in ``<data_dir>/images``; gallery-folder images stay where they are and
 are referenced by path. Writes commit with ``synchronous=FULL`` in WAL mode, so what a request
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.stores.base import Item, StoreError
 from models.atomic import atomic_write_with
 
 SCHEMA = """
@@ -53,27 +55,11 @@ APPLICATION_ID = 0x46534731
 ITEM_COLUMNS = {"id", "label", "sha256", "source", "path", "width", "height", "created_at"}
 
 
-@dataclass(frozen=True)
-class Item:
-    id: int
-    label: str
-    sha256: str
-    source: str
-    path: str
-    width: int
-    height: int
-    created_at: float
-
-
 @dataclass
 class Snapshot:
     items: list[Item]
     embeddings: list[tuple[int, str, np.ndarray]]  # (item id, checkpoint fingerprint, vector)
     tombstones: list[tuple[str, str]]  # (gallery path, sha256) deleted through the API
-
-
-class StorageFull(OSError):
-    """The disk (or the database) is full: the write was refused and nothing was kept."""
 
 
 def is_storage_full(exc: BaseException) -> bool:
@@ -82,11 +68,7 @@ def is_storage_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-class StoreError(RuntimeError):
-    """The gallery database cannot be used; the message says why and what to do."""
-
-
-class Store:
+class SqliteDatabase:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.image_dir = self.data_dir / "images"
