@@ -41,12 +41,20 @@ class SearchResults(BaseModel):
 
 class LabelScore(BaseModel):
     label: str
-    score: float
+    score: float = Field(description="the decision rule's score (see Classification.score)")
+    cosine: float = Field(description="cosine to the label's prototype")
+    photos: int = Field(description="how many photos the label has")
 
 
 class Classification(BaseModel):
     label: str = Field(description="the best label, or 'unknown' below the threshold")
-    score: float = Field(description="cosine to the best label's prototype")
+    score: float = Field(description="the best label's score: with a calibrated checkpoint, "
+                         "its cosine standardised by its number of photos (0 = a typical "
+                         "genuine match); otherwise the cosine")
+    confidence: float | None = Field(
+        description="calibrated probability that the label is right (None: the checkpoint "
+        "carries no calibration)")
+    rule: str = Field(description="'shot-calibrated' or 'cosine'")
     threshold: float
     margin: float = Field(description="the best label's score minus the runner-up's (with "
                                       "one label, its score)")
@@ -58,11 +66,12 @@ class Classification(BaseModel):
     took_ms: float
 
     model_config = {"json_schema_extra": {"examples": [{
-        "label": "Banana", "score": 0.94, "threshold": 0.89, "margin": 0.23,
-        "closest_label": "Banana",
+        "label": "Banana", "score": 0.61, "confidence": 0.88, "rule": "shot-calibrated",
+        "threshold": -0.73, "margin": 1.9, "closest_label": "Banana",
         "matches": [{"id": 812, "label": "Banana", "score": 0.91,
                      "image_url": "/items/812/image"}],
-        "candidates": [{"label": "Banana", "score": 0.94}, {"label": "Lemon", "score": 0.71}],
+        "candidates": [{"label": "Banana", "score": 0.61, "cosine": 0.94, "photos": 33},
+                       {"label": "Lemon", "score": -1.3, "cosine": 0.71, "photos": 1}],
         "took_ms": 12.9}]}}
 
 

@@ -1,13 +1,22 @@
-"""Choose the service's ``CLASSIFY_THRESHOLD`` from validation data.
+"""Calibrate ``/classify`` for a checkpoint: the shot statistics, the ``unknown`` threshold
+and the confidence, stored in the checkpoint's metadata with ``--write``.
 
-    python -m training.calibrate --checkpoint runs/heldout.pt \\
-        --gallery ../shared/data/grocery/train --queries ../shared/data/grocery/test \\
-        --unknown-classes Lemon,Asparagus,...
+    python -m training.calibrate --checkpoint runs/encoder.pt \\
+        --gallery ../shared/data/grocery/train --queries ../shared/data/grocery/test --write
 
-Gallery photos of the known classes form the prototypes (normalised mean embedding per
-class, as ``/classify`` does). Query photos of known classes should be accepted (best score
-at or above the threshold), photos of the unknown classes - which the encoder never saw and
-the gallery doesn't hold - rejected. The threshold maximises balanced accuracy.
+Measured on the checkpoint's own training classes (``--classes`` to choose others, and
+``--exclude-classes`` to keep an evaluation's classes out): shots come from ``--gallery``,
+the photos they are compared with from ``--queries`` (another session of the same kinds).
+
+1. Shot statistics: for n = 1, 2, 3, 5, 10, 20, 40 shots, the mean and spread of the cosine
+   between a query and the prototype of n shots of its own class, over resampled shots.
+2. Threshold and confidence: the open-set protocol of ``training.openset`` simulated on
+   these classes (seeded splits: some classes in the gallery, some enrolled from 1 and 5
+   shots, the rest unknown, plus synthetic other-domain scenes). The threshold maximises
+   the mean of the 1- and 5-shot balanced accuracies; the confidence is a logistic fit of
+   "the answer is right" on the calibrated score. Classes the encoder trained on are
+   easier to tell apart than new ones, so this threshold is a fallback: the one to ship is
+   chosen on classes the encoder never saw (``training.openset --write-threshold``).
 """
 
 from __future__ import annotations
@@ -18,75 +27,111 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, set_checkpoint_extra
+from models.decision import ShotCalibration
 from models.prototypes import prototypes
 from models.runtimes.factory import open_embedder
-from training.data import class_list, scan_image_folder
+from training.data import ImageFolder, class_list
 from training.embedding import embed_folder_cached
+from training.openset import (
+    class_vectors,
+    gallery_of,
+    other_domain,
+    split_metrics,
+    split_scores,
+    threshold_and_confidence,
+)
 from training.results import write_json
 
-
-def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> tuple[float, float]:
-    """(threshold, balanced accuracy): accept scores >= threshold. Candidates are midpoints
-    between neighbouring observed scores."""
-    scores = np.unique(np.concatenate([known, unknown]))
-    candidates = np.concatenate([[scores[0] - 1e-6], (scores[:-1] + scores[1:]) / 2,
-                                 [scores[-1] + 1e-6]])
-    accept_known = (known[None, :] >= candidates[:, None]).mean(1)
-    reject_unknown = (unknown[None, :] < candidates[:, None]).mean(1)
-    balanced = (accept_known + reject_unknown) / 2
-    best = int(np.argmax(balanced))
-    return float(candidates[best]), float(balanced[best])
+SHOTS = (1, 2, 3, 5, 10, 20, 40)
 
 
-def best_prototype_scores(queries: np.ndarray, gallery: np.ndarray,
-                          gallery_labels: np.ndarray) -> np.ndarray:
-    classes = np.unique(gallery_labels)
-    sums = np.stack([gallery[gallery_labels == c].sum(0) for c in classes])
-    return (queries @ prototypes(sums).T).max(1)
+def shot_statistics(vectors: dict[str, tuple[np.ndarray, int]], rng: np.random.Generator,
+                    resamples: int = 5) -> tuple[list[float], list[float]]:
+    """(mean, std) per entry of SHOTS of query-to-own-prototype cosine."""
+    means, stds = [], []
+    for n in SHOTS:
+        cosines = []
+        for vecs, pool in vectors.values():
+            queries = vecs[pool:]
+            if pool < n or len(queries) == 0:
+                continue
+            for _ in range(resamples):
+                shots = vecs[rng.choice(pool, n, replace=False)]
+                cosines.append(queries @ prototypes(shots.sum(0, keepdims=True))[0])
+        if not cosines:  # no class has that many shots: carry the last measurement
+            means.append(means[-1])
+            stds.append(stds[-1])
+            continue
+        values = np.concatenate(cosines)
+        means.append(float(values.mean()))
+        stds.append(float(max(values.std(), 1e-3)))
+    return means, stds
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--gallery", type=Path, required=True)
-    p.add_argument("--queries", type=Path, required=True)
-    p.add_argument("--unknown-classes", type=class_list, required=True,
-                   help="comma-separated")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--gallery", type=Path, required=True, help="<class>/* shots (e.g. train)")
+    p.add_argument("--queries", type=Path, required=True, help="<class>/* (e.g. test)")
+    p.add_argument("--classes", type=class_list,
+                   help="comma-separated (default: the checkpoint's training classes)")
+    p.add_argument("--exclude-classes", type=class_list, default=[])
+    p.add_argument("--splits", type=int, default=10)
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="onnx")
     p.add_argument("--cache", type=Path)
-    p.add_argument("--image-size", type=int, help="test-time input size instead of the "
-                   "checkpoint's (calibrate at the size the service will run)")
+    p.add_argument("--write", action="store_true",
+                   help="store the calibration in the checkpoint (extra.openset)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    unknown = args.unknown_classes
-    loaded = load_checkpoint(args.checkpoint, image_size=args.image_size)
-    embedder = open_embedder(loaded, args.runtime, "cpu", cache_dir=args.cache).embedder
+    loaded = load_checkpoint(args.checkpoint)
+    opened = open_embedder(loaded, args.runtime, "cpu")
 
-    def embed(folder):
-        return embed_folder_cached(embedder, folder, args.cache, loaded.fingerprint)
+    def embed(folder: ImageFolder) -> np.ndarray:
+        return embed_folder_cached(opened.embedder, folder, args.cache, opened.fingerprint)
 
-    gallery = scan_image_folder(args.gallery, exclude=unknown)
-    known_q = scan_image_folder(args.queries, include=[c for c in gallery.classes if
-                                                       (args.queries / c).is_dir()])
-    unknown_q = scan_image_folder(args.queries, include=unknown)
-    g = embed(gallery)
-    labels = np.asarray(gallery.labels)
-    known_scores = best_prototype_scores(embed(known_q), g, labels)
-    unknown_scores = best_prototype_scores(embed(unknown_q), g, labels)
-    threshold, balanced = choose_threshold(known_scores, unknown_scores)
+    available = sorted(d.name for d in args.gallery.iterdir() if d.is_dir())
+    wanted = args.classes or loaded.meta.class_names or available
+    classes = [c for c in wanted if c in available and c not in args.exclude_classes]
+    if len(classes) < 6:
+        raise SystemExit(f"calibration needs at least 6 classes, found {len(classes)}")
+    vectors = class_vectors(embed, args.gallery, args.queries, classes)
+    rng = np.random.default_rng(0)
+    means, stds = shot_statistics(vectors, rng)
+    stats = ShotCalibration(SHOTS, tuple(means), tuple(stds), 0.0, (1.0, 0.0))
+    other, _ = other_domain(opened.embedder, embed, None)
+    simulated = {}
+    for shots in (1, 5):
+        splits = []
+        for seed in range(args.splits):
+            split_rng = np.random.default_rng(seed)
+            order = split_rng.permutation(len(classes))
+            candidates = [classes[i] for i in order[: max(4, len(classes) * 3 // 10)]]
+            known = [classes[i] for i in order if classes[i] not in candidates]
+            pooled = [(vectors[c][0][: vectors[c][1]], c) for c in known]
+            gallery = gallery_of(np.concatenate([v for v, _ in pooled]),
+                                 np.concatenate([[c] * len(v) for v, c in pooled]), known)
+            splits.append(split_scores(vectors, gallery, candidates, other, shots, stats,
+                                       split_rng))
+        simulated[shots] = splits
+    threshold, balanced, logistic = threshold_and_confidence(simulated)
+    calibration = ShotCalibration(SHOTS, tuple(means), tuple(stds), threshold, logistic)
     result = {
-        "threshold": round(threshold, 3),
-        "balanced_accuracy": balanced,
-        "known_accepted": float((known_scores >= threshold).mean()),
-        "unknown_rejected": float((unknown_scores < threshold).mean()),
-        "known_queries": len(known_scores),
-        "unknown_queries": len(unknown_scores),
         "checkpoint": str(args.checkpoint),
-        "image_size": loaded.meta.preprocessing.image_size,
+        "classes": len(classes),
+        "calibration": calibration.to_dict(),
+        "simulated_balanced_accuracy": balanced,
+        **{f"simulated_{k}_shot": {key: float(np.mean([split_metrics(s, threshold)[key]
+                                                        for s in splits]))
+                                   for key in ("new_accuracy", "unknown_rejection",
+                                               "balanced_accuracy")}
+           for k, splits in simulated.items()},
     }
     print(json.dumps(result, indent=2))
+    if args.write:
+        set_checkpoint_extra(args.checkpoint, "openset", calibration.to_dict())
+        print(f"wrote the calibration into {args.checkpoint}")
     write_json(args.json, result)
     return result
 

@@ -10,8 +10,10 @@ second, the model card's 15) are left out of the gallery, which holds every othe
 with all its ``--gallery`` photos. Each seeded split enrols K shots (from ``--gallery``) of
 half the held-out classes; their other photos (both roots) must get their label, and the
 photos of the other half must get ``unknown``, as must other-domain photos
-(``--other-domain``, or generated synthetic scenes). The rule is the service's: the label
-of the best prototype (normalised mean embedding), ``unknown`` below ``--threshold``.
+(``--other-domain``, or generated synthetic scenes). The rule is the service's
+(``models/decision.py``): with the checkpoint's shot calibration, each label's cosine is
+standardised by its number of photos and ``unknown`` falls below the calibrated threshold;
+``--raw`` uses plain cosines instead, and ``--threshold`` replaces the threshold.
 
 Reported per K, mean and spread over the splits: new kinds' top-label accuracy (no
 threshold) and accuracy (thresholded), unknown rejection (held-out grocery kinds, other
@@ -23,15 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.base import embed_images
-from models.checkpoint import load_checkpoint
+from models.base import Embedder, embed_images
+from models.checkpoint import load_checkpoint, set_checkpoint_extra
+from models.decision import ShotCalibration, fit_logistic, score_labels, shot_calibration
 from models.preprocessing import class_folder_images
-from models.prototypes import prototypes
 from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list, scan_image_folder
 from training.embedding import embed_folder_cached
@@ -52,51 +56,84 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((above + 0.5 * ties) / (len(positive) * len(negative)))
 
 
-def classify(queries: np.ndarray, sums: np.ndarray, labels: list[str],
+def classify(queries: np.ndarray, sums: np.ndarray, counts: np.ndarray, labels: list[str],
+             calibration: ShotCalibration | None,
              threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The service's rule: (best label, its score, answer with "unknown" below threshold)."""
-    scores = queries @ prototypes(sums).T
+    scores, _ = score_labels(queries, sums, counts, calibration)
     best = scores.argmax(1)
     best_labels = np.array(labels, dtype=object)[best]
     top = scores[np.arange(len(queries)), best]
     return best_labels, top, np.where(top >= threshold, best_labels, "unknown")
 
 
-def one_split(vectors: dict[str, tuple[np.ndarray, int]], gallery_sums: np.ndarray,
-              gallery_labels: list[str], heldout: list[str], other: np.ndarray, shots: int,
-              threshold: float, rng: np.random.Generator) -> dict[str, float]:
-    """One seeded split. ``vectors[c]`` is held-out class c's embeddings and how many of
-    them, at the front, may be enrolled as shots (its ``--gallery`` photos)."""
+@dataclass
+class Gallery:
+    """Known classes: the sum of each one's embeddings and how many there are."""
+
+    labels: list[str]
+    sums: np.ndarray
+    counts: np.ndarray
+
+
+@dataclass
+class SplitScores:
+    new_truth: np.ndarray  # the enrolled kinds' queries: their label
+    new_best: np.ndarray  # ... the best label and its score
+    new_score: np.ndarray
+    unknown_score: np.ndarray  # best score of queries of kinds nobody enrolled
+    other_score: np.ndarray  # ... and of other-domain photos
+
+
+def split_scores(vectors: dict[str, tuple[np.ndarray, int]], gallery: Gallery,
+                 heldout: list[str], other: np.ndarray, shots: int,
+                 calibration: ShotCalibration | None, rng: np.random.Generator) -> SplitScores:
+    """One seeded split: half of ``heldout`` enrolled from ``shots`` photos, the other half
+    unknown. ``vectors[c]`` is class c's embeddings and how many of them, at the front, may
+    be enrolled as shots (its ``--gallery`` photos)."""
     order = rng.permutation(len(heldout))
     new = [heldout[i] for i in order[: len(heldout) // 2]]
     unknown = [heldout[i] for i in order[len(heldout) // 2 :]]
-    sums, labels, queries, truth = [gallery_sums], list(gallery_labels), [], []
+    sums, counts, labels = [gallery.sums], [gallery.counts], list(gallery.labels)
+    queries, truth = [], []
     for name in new:
         vecs, n_shot_pool = vectors[name]
         chosen = rng.choice(n_shot_pool, size=min(shots, n_shot_pool - 1), replace=False)
         rest = np.setdiff1d(np.arange(len(vecs)), chosen)
         sums.append(vecs[chosen].sum(0, keepdims=True))
+        counts.append(np.array([len(chosen)]))
         labels.append(name)
         queries.append(vecs[rest])
         truth += [name] * len(rest)
-    new_q = np.concatenate(queries)
+    all_sums, all_counts = np.concatenate(sums), np.concatenate(counts)
+
+    def best(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found, score, _ = classify(q, all_sums, all_counts, labels, calibration, np.inf)
+        return found, score
+
+    new_best, new_score = best(np.concatenate(queries))
     unknown_q = np.concatenate([vectors[name][0] for name in unknown])
-    all_sums = np.concatenate(sums)
-    best_new, score_new, answer_new = classify(new_q, all_sums, labels, threshold)
-    _, score_unknown, answer_unknown = classify(unknown_q, all_sums, labels, threshold)
-    _, score_other, answer_other = classify(other, all_sums, labels, threshold)
-    truth_arr = np.array(truth, dtype=object)
+    return SplitScores(np.array(truth, dtype=object), new_best, new_score,
+                       best(unknown_q)[1], best(other)[1])
+
+
+def split_metrics(s: SplitScores, threshold: float) -> dict[str, float]:
     result = {
-        "new_top_label_accuracy": float(np.mean(best_new == truth_arr)),
-        "new_accuracy": float(np.mean(answer_new == truth_arr)),
-        "unknown_rejection": float(np.mean(answer_unknown == "unknown")),
-        "other_domain_rejection": float(np.mean(answer_other == "unknown")),
-        "auroc_unknown": auroc(score_new, score_unknown),
-        "auroc_other_domain": auroc(score_new, score_other),
+        "new_top_label_accuracy": float(np.mean(s.new_best == s.new_truth)),
+        "new_accuracy": float(np.mean((s.new_best == s.new_truth) & (s.new_score >= threshold))),
+        "unknown_rejection": float(np.mean(s.unknown_score < threshold)),
+        "other_domain_rejection": float(np.mean(s.other_score < threshold)),
+        "auroc_unknown": auroc(s.new_score, s.unknown_score),
+        "auroc_other_domain": auroc(s.new_score, s.other_score),
     }
     rejection = (result["unknown_rejection"] + result["other_domain_rejection"]) / 2
     result["balanced_accuracy"] = (result["new_accuracy"] + rejection) / 2
     return result
+
+
+def gallery_of(vectors: np.ndarray, labels: np.ndarray, names: list[str]) -> Gallery:
+    return Gallery(list(names), np.stack([vectors[labels == c].sum(0) for c in names]),
+                   np.array([int(np.sum(labels == c)) for c in names]))
 
 
 def synthetic_scenes(count: int, size: int = 256, seed: int = 0) -> list[Image.Image]:
@@ -122,6 +159,67 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                   "std": float(np.std([r[key] for r in runs]))} for key in runs[0]}
 
 
+def class_vectors(embed: Callable[[ImageFolder], np.ndarray], shots_root: Path,
+                  queries_root: Path, names: list[str]) -> dict[str, tuple[np.ndarray, int]]:
+    """Per class: its photos' embeddings, those of ``shots_root`` (which may be enrolled)
+    first, then those of ``queries_root``; and how many come from ``shots_root``."""
+    vectors = {}
+    for name in names:
+        pool = embed(scan_image_folder(shots_root, include=[name]))
+        others = (embed(scan_image_folder(queries_root, include=[name]))
+                  if (queries_root / name).is_dir() else pool[:0])
+        vectors[name] = (np.concatenate([pool, others]), len(pool))
+    return vectors
+
+
+def other_domain(embedder: Embedder, embed: Callable[[ImageFolder], np.ndarray],
+                 root: Path | None) -> tuple[np.ndarray, str]:
+    if root is not None:
+        return embed(scan_image_folder(root)), str(root)
+    scenes = synthetic_scenes(100)
+    return np.concatenate([embed_images(embedder, scenes[i : i + 25])
+                           for i in range(0, len(scenes), 25)]), "100 synthetic scenes"
+
+
+def threshold_and_confidence(scored: dict[int, list[SplitScores]]
+                             ) -> tuple[float, float, tuple[float, float]]:
+    """From splits scored for each K: the threshold with the best mean balanced accuracy
+    over the K's, that accuracy, and the confidence (a logistic fit of "answered right" on
+    the score; unknowns are never right)."""
+    per_k = [(np.concatenate([s.new_score for s in splits]),
+              np.concatenate([s.new_best == s.new_truth for s in splits]),
+              np.concatenate([s.unknown_score for s in splits]),
+              np.concatenate([s.other_score for s in splits])) for splits in scored.values()]
+    pooled = np.concatenate([np.concatenate([s, u]) for s, _, u, _ in per_k])
+    candidates = np.unique(np.quantile(pooled, np.linspace(0, 1, 401)))
+
+    def balanced(t: float) -> float:
+        return float(np.mean([(np.mean(right & (s >= t))
+                               + (np.mean(u < t) + np.mean(o < t)) / 2) / 2
+                              for s, right, u, o in per_k]))
+
+    best = float(max(candidates, key=balanced))
+    scores = np.concatenate([np.concatenate([s, u, o]) for s, _, u, o in per_k])
+    right = np.concatenate([np.concatenate([r, np.zeros(len(u) + len(o), bool)])
+                            for _, r, u, o in per_k])
+    return round(best, 4), balanced(best), fit_logistic(scores, right)
+
+
+def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]]) -> float:
+    """Store the threshold with the best mean balanced accuracy over the K's, and the
+    confidence (a logistic fit of "answered right" on the score), in ``checkpoint``."""
+    target = shot_calibration(load_checkpoint(checkpoint).meta.extra)
+    if target is None:
+        raise SystemExit(f"{checkpoint} has no shot statistics: run training.calibrate on it "
+                         "first")
+    threshold, _, logistic = threshold_and_confidence(scored)
+    chosen = ShotCalibration(target.shots, target.mean, target.std, threshold, logistic)
+    set_checkpoint_extra(checkpoint, "openset", chosen.to_dict())
+    print(f"wrote threshold {chosen.threshold} and confidence {chosen.logistic} into "
+          f"{checkpoint}")
+    return chosen.threshold
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.openset", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,47 +229,46 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heldout", type=class_list, help="comma-separated (default: see above)")
     p.add_argument("--shots", default="1,5")
     p.add_argument("--splits", type=int, default=5)
-    p.add_argument("--threshold", type=float, default=0.89)
+    p.add_argument("--raw", action="store_true", help="plain cosines, no shot calibration")
+    p.add_argument("--threshold", type=float,
+                   help="default: the calibration's, or 0.89 on plain cosines")
     p.add_argument("--other-domain", type=Path, help="<class>/* photos that are all unknown")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="auto")
     p.add_argument("--cache", type=Path, help="reuse embeddings across runs")
     p.add_argument("--json", type=Path)
+    p.add_argument("--write-threshold", type=Path, metavar="CHECKPOINT",
+                   help="choose the threshold (best mean balanced accuracy over --shots) and "
+                   "the confidence fit on these splits, and store both in CHECKPOINT's "
+                   "calibration (its shot statistics stay; calibrate it first)")
     args = p.parse_args(argv)
     loaded = load_checkpoint(args.checkpoint)
     opened = open_embedder(loaded, args.runtime, "cpu")
     embedder, fingerprint = opened.embedder, opened.fingerprint
+    calibration = None if args.raw else shot_calibration(loaded.meta.extra)
+    threshold = args.threshold if args.threshold is not None else (
+        calibration.threshold if calibration else 0.89)
 
     def embed(folder: ImageFolder) -> np.ndarray:
         return embed_folder_cached(embedder, folder, args.cache, fingerprint)
 
     heldout = args.heldout or default_heldout(list(class_folder_images(args.gallery)))
     known = scan_image_folder(args.gallery, exclude=heldout)
-    known_vectors = embed(known)
-    known_labels = np.array([known.classes[s.label] for s in known.samples])
-    gallery_labels = list(known.classes)
-    gallery_sums = np.stack([known_vectors[known_labels == c].sum(0) for c in gallery_labels])
-    vectors: dict[str, tuple[np.ndarray, int]] = {}
-    for name in heldout:
-        shots_pool = embed(scan_image_folder(args.gallery, include=[name]))
-        others = embed(scan_image_folder(args.queries, include=[name])) if (
-            args.queries / name).is_dir() else shots_pool[:0]
-        vectors[name] = (np.concatenate([shots_pool, others]), len(shots_pool))
-    if args.other_domain:
-        other = embed(scan_image_folder(args.other_domain))
-        other_source = str(args.other_domain)
-    else:
-        scenes = synthetic_scenes(100)
-        other = np.concatenate([embed_images(embedder, scenes[i : i + 25])
-                                for i in range(0, len(scenes), 25)])
-        other_source = "100 synthetic scenes"
+    gallery = gallery_of(embed(known), np.array([known.classes[s.label] for s in
+                                                 known.samples]), list(known.classes))
+    vectors = class_vectors(embed, args.gallery, args.queries, heldout)
+    other, other_source = other_domain(embedder, embed, args.other_domain)
     results: dict = {"checkpoint": args.checkpoint, "runtime": embedder.name,
-                     "threshold": args.threshold, "heldout": heldout,
-                     "gallery_classes": len(gallery_labels), "other_domain": other_source,
+                     "rule": "shot-calibrated" if calibration else "cosine",
+                     "threshold": threshold, "heldout": heldout,
+                     "gallery_classes": len(gallery.labels), "other_domain": other_source,
                      "splits": args.splits}
-    for shots in (int(k) for k in args.shots.split(",")):
-        runs = [one_split(vectors, gallery_sums, gallery_labels, heldout, other, shots,
-                          args.threshold, np.random.default_rng(seed))
-                for seed in range(args.splits)]
+    scored = {shots: [split_scores(vectors, gallery, heldout, other, shots, calibration,
+                                   np.random.default_rng(seed)) for seed in range(args.splits)]
+              for shots in (int(k) for k in args.shots.split(","))}
+    if args.write_threshold:
+        threshold = results["threshold"] = write_threshold(args.write_threshold, scored)
+    for shots, splits in scored.items():
+        runs = [split_metrics(s, threshold) for s in splits]
         results[f"{shots}_shot"] = {"summary": summarise(runs), "splits": runs}
     print(json.dumps({k: v["summary"] if isinstance(v, dict) and "summary" in v else v
                       for k, v in results.items()}, indent=1))

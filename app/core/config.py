@@ -33,9 +33,10 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(10.0, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
     max_files_per_enroll: int = Field(32, ge=1)
-    # Cosine score below which /classify answers "unknown" (chosen on validation data
-    # with classes the encoder never saw; the model card has the command).
-    classify_threshold: float = Field(0.89, ge=-1.0, le=1.0)
+    # Score below which /classify answers "unknown". Unset: the checkpoint's calibrated
+    # threshold (on its shot-calibrated score; the model card says how it was chosen), or
+    # 0.89 on plain cosines for a checkpoint without a calibration.
+    classify_threshold: float | None = Field(None, ge=-100.0, le=100.0)
     # Micro-batching where there are no model lanes (e.g. a GPU): under load, concurrent
     # searches wait at most this long to share one model call (a lone request never waits).
     batch_wait_ms: float = Field(4.0, ge=0)

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from app.services.embedding import EmbeddingService
 from app.stores.base import GalleryStore, Hit, Item, NewPhoto
+from models.decision import Ranking, ShotCalibration, rank
 from models.preprocessing import ImageDecodeError, class_folder_images
-from models.prototypes import prototypes
 
 log = logging.getLogger(__name__)
 NEAR_DUPLICATE = 0.98  # cosine above which a new shot adds (almost) nothing to its label
@@ -34,9 +34,11 @@ class NewImage:
 
 
 class Gallery:
-    def __init__(self, store: GalleryStore, embedding: EmbeddingService) -> None:
+    def __init__(self, store: GalleryStore, embedding: EmbeddingService,
+                 calibration: ShotCalibration | None = None) -> None:
         self.store = store
         self.embedding = embedding
+        self.calibration = calibration  # the checkpoint's shot calibration for classify
 
     # Start-up ----------------------------------------------------------------------------
     def load(self, gallery_dir: Path | None, batch_size: int = 32) -> dict[str, int]:
@@ -147,14 +149,12 @@ class Gallery:
         stats = self.store.label_stats()
         return dict(zip(stats.labels, stats.counts.tolist(), strict=True))
 
-    def classify(self, vector: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
-        """Labels ranked by cosine similarity to their prototype (normalised mean)."""
+    def classify(self, vector: np.ndarray, top: int = 5) -> Ranking:
+        """Labels ranked by the decision rule (``models/decision.py``): the cosine to each
+        label's prototype, standardised by its number of photos where the checkpoint
+        carries a shot calibration."""
         stats = self.store.label_stats()
-        if not stats.labels:
-            return []
-        scores = prototypes(stats.sums) @ vector
-        order = np.argsort(-scores)[:top]
-        return [(stats.labels[i], float(scores[i])) for i in order]
+        return rank(vector, stats.labels, stats.sums, stats.counts, self.calibration, top)
 
     def best_of_label(self, vector: np.ndarray, label: str, k: int) -> list[Hit]:
         """The ``k`` photos of ``label`` most similar to ``vector``, best first."""

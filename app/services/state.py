@@ -55,7 +55,8 @@ class ServiceState:
         lane_embedder, lanes = model_lanes(embedder, s.model_lanes, s.threads)
         self.embedding = EmbeddingService.from_settings(embedder, s, lane_embedder, lanes)
         self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
-        self.gallery = Gallery(open_store(s, embedder.dim, opened.fingerprint), self.embedding)
+        self.gallery = Gallery(open_store(s, embedder.dim, opened.fingerprint), self.embedding,
+                               opened.openset)
         log.info("loaded %s (fingerprint %s) on %s with runtime %s, %d model lanes under load",
                  s.checkpoint, opened.fingerprint, opened.device, embedder.name,
                  self.embedding.lanes)

@@ -83,7 +83,9 @@ async function searchWith(file) {
     $("results-title").hidden = false;
     $("results").replaceChildren(...found.results.map((r) => thumb(r, r.score.toFixed(3))));
     $("prediction").textContent = guess.label;
-    $("prediction-score").textContent = `(score ${guess.score.toFixed(3)}, ` +
+    const confidence = guess.confidence === null ? ""
+      : `confidence ${Math.round(guess.confidence * 100)}%, `;
+    $("prediction-score").textContent = `(${confidence}score ${guess.score.toFixed(3)}, ` +
       `${guess.margin.toFixed(3)} ahead of the next label)`;
     if (guess.closest_label) {
       const nearest = guess.matches.map((m) => `item ${m.id} (${m.score.toFixed(3)})`).join(", ");

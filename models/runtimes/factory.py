@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.base import IMAGENET, Embedder, Runtime, file_fingerprint, usable_cpus
+from models.decision import ShotCalibration, shot_calibration
 from models.runtimes.int8 import INT8_SUFFIX, int8_cache_path, quantize_export
 from models.runtimes.onnx import OnnxEmbedder, onnx_cache_path, onnx_metadata, open_cached_onnx
 
@@ -28,6 +29,7 @@ class OpenedEmbedder:
     embedder: Embedder
     fingerprint: str  # of the weights (and test-time size) the embedder computes with
     device: str
+    openset: ShotCalibration | None = None  # the checkpoint's /classify calibration
 
 
 def open_embedder(
@@ -59,7 +61,8 @@ def open_embedder(
               if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
     if runtime == "torch" or (runtime == "auto" and torch_device.type == "cuda"):
         embedder = TorchEmbedder(loaded.encoder, loaded.meta.preprocessing, torch_device)
-        return OpenedEmbedder(embedder, loaded.fingerprint, str(torch_device))
+        return OpenedEmbedder(embedder, loaded.fingerprint, str(torch_device),
+                              shot_calibration(loaded.meta.extra))
     if torch_device.type == "cuda":
         log.warning("runtime=onnx runs on the CPU here even though CUDA is available")
     onnx_path = onnx_cache_path(cache_dir or Path(loaded.path).parent, loaded.fingerprint)
@@ -84,7 +87,7 @@ def on_cpu(fp32: OnnxEmbedder, fingerprint: str, runtime: Runtime,
                            "that passed its gate: make one with python -m training.export "
                            "--int8, or use RUNTIME=onnx")
     if runtime not in ("auto", "int8") or calibration is None:
-        return OpenedEmbedder(fp32, fingerprint, "cpu")
+        return OpenedEmbedder(fp32, fingerprint, "cpu", fp32.openset)
     int8_fingerprint = fingerprint + INT8_SUFFIX
     path = int8_cache_path(fp32.path, calibration)
     embedder = open_cached_onnx(path, int8_fingerprint, threads)
@@ -92,13 +95,13 @@ def on_cpu(fp32: OnnxEmbedder, fingerprint: str, runtime: Runtime,
         log.info("quantising the ONNX export to INT8 at %s (once per checkpoint)", path)
         quantize_export(fp32.path, path, calibration, int8_metadata(fp32))
         embedder = OnnxEmbedder(path, threads)
-    return OpenedEmbedder(embedder, int8_fingerprint, "cpu")
+    return OpenedEmbedder(embedder, int8_fingerprint, "cpu", fp32.openset)
 
 
 def int8_metadata(fp32: OnnxEmbedder) -> dict[str, str]:
     """What the INT8 graph quantised from ``fp32`` carries about itself."""
     return onnx_metadata(fp32.fingerprint + INT8_SUFFIX, fp32.preprocessing, fp32.dim,
-                         runtime="int8")
+                         runtime="int8", openset=fp32.openset)
 
 
 def model_lanes(embedder: Embedder, lanes: int | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from models.decision import ShotCalibration
 from models.preprocessing import Preprocessing
 from models.runtimes.int8 import Int8Calibration
 
@@ -26,8 +27,10 @@ _META_PREFIX = "fewshot."
 
 
 def onnx_metadata(fingerprint: str, preprocessing: Preprocessing, dim: int,
-                  int8: Int8Calibration | None = None, runtime: str = "onnx") -> dict[str, str]:
-    """What an exported graph carries about itself (ONNX ``metadata_props``)."""
+                  int8: Int8Calibration | None = None, runtime: str = "onnx",
+                  openset: ShotCalibration | None = None) -> dict[str, str]:
+    """What an exported graph carries about itself (ONNX ``metadata_props``), the
+    checkpoint's calibrations included, so that serving it needs no checkpoint."""
     return {
         f"{_META_PREFIX}fingerprint": fingerprint,
         f"{_META_PREFIX}preprocessing": json.dumps(preprocessing.to_dict()),
@@ -35,6 +38,7 @@ def onnx_metadata(fingerprint: str, preprocessing: Preprocessing, dim: int,
         f"{_META_PREFIX}export_version": str(ONNX_EXPORT_VERSION),
         f"{_META_PREFIX}runtime": runtime,
         **({f"{_META_PREFIX}int8": json.dumps(int8.to_dict())} if int8 else {}),
+        **({f"{_META_PREFIX}openset": json.dumps(openset.to_dict())} if openset else {}),
     }
 
 
@@ -71,6 +75,8 @@ class OnnxEmbedder:
         self.name = meta.get(f"{_META_PREFIX}runtime", "onnx")
         self.int8 = (Int8Calibration.from_dict(json.loads(meta[f"{_META_PREFIX}int8"]))
                      if f"{_META_PREFIX}int8" in meta else None)
+        self.openset = (ShotCalibration.from_dict(json.loads(meta[f"{_META_PREFIX}openset"]))
+                        if f"{_META_PREFIX}openset" in meta else None)
         self.input_name = self.session.get_inputs()[0].name
         self.path = Path(onnx_path)
 

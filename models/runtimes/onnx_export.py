@@ -13,6 +13,7 @@ import torch
 from models.atomic import atomic_write
 from models.backbones import with_static_padding
 from models.checkpoint import LoadedEncoder
+from models.decision import shot_calibration
 from models.runtimes.int8 import Int8Calibration
 from models.runtimes.onnx import onnx_metadata
 
@@ -57,7 +58,8 @@ def export_onnx(loaded: LoadedEncoder, out: str | os.PathLike, opset: int = 17) 
             )
         graph = onnx.load(str(tmp))
         metadata = onnx_metadata(loaded.fingerprint, loaded.meta.preprocessing,
-                                 loaded.encoder.embedding_dim, int8_calibration(loaded))
+                                 loaded.encoder.embedding_dim, int8_calibration(loaded),
+                                 openset=shot_calibration(loaded.meta.extra))
         onnx.helper.set_model_props(graph, metadata)
         onnx.save(graph, str(tmp))
     return out

@@ -54,19 +54,6 @@ def test_fewshot_needs_enough_classes():
         fewshot_accuracy(np.eye(3), np.array([0, 1, 2]), n_way=5, k_shot=1)
 
 
-def test_threshold_separates_known_from_unknown_scores():
-    from training.calibrate import best_prototype_scores, choose_threshold
-
-    threshold, balanced = choose_threshold(np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.6]))
-    assert threshold == pytest.approx(0.65) and balanced == 1.0
-    # Overlap: the best cut accepts two of three known and rejects both unknown.
-    threshold, balanced = choose_threshold(np.array([0.9, 0.8, 0.4]), np.array([0.5, 0.6]))
-    assert threshold == pytest.approx(0.7) and balanced == pytest.approx((2 / 3 + 1) / 2)
-    gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    scores = best_prototype_scores(np.array([[0.6, 0.8]]), gallery, np.array([0, 0, 1]))
-    assert scores.tolist() == [pytest.approx(0.8)]
-
-
 def test_prototypes_are_unit_rows_and_zero_rows_stay_zero():
     from models.prototypes import prototypes
 

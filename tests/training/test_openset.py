@@ -19,7 +19,8 @@ def test_auroc_by_hand():
 def test_classify_answers_unknown_below_the_threshold():
     sums = np.array([[2.0, 0.0], [0.0, 3.0]])  # prototypes (1, 0) and (0, 1)
     queries = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
-    best, score, answer = openset.classify(queries, sums, ["a", "b"], threshold=0.9)
+    best, score, answer = openset.classify(queries, sums, np.array([2, 3]), ["a", "b"], None,
+                                           threshold=0.9)
     assert list(best) == ["a", "b", "b"] and list(answer) == ["a", "unknown", "b"]
     np.testing.assert_allclose(score, [1.0, 0.8, 1.0])
 
@@ -32,12 +33,14 @@ def unit(*v):
 def test_one_split_on_vectors_whose_answers_are_known():
     # Known class k0 along x; held-out h0, h1 along y and z: whichever is enrolled is found,
     # the other is unknown (its photos are far from every prototype), as is the other domain.
-    gallery_sums = np.array([unit(1, 0, 0, 0) * 3])
+    gallery = openset.Gallery(["k0"], np.array([unit(1, 0, 0, 0) * 3]), np.array([3]))
     held = {"h0": (np.stack([unit(0, 1, 0, 0)] * 4), 2),
             "h1": (np.stack([unit(0, 0, 1, 0)] * 4), 2)}
     other = np.stack([unit(0, 0, 0, 1)] * 3)
-    result = openset.one_split(held, gallery_sums, ["k0"], ["h0", "h1"], other, shots=1,
-                               threshold=0.5, rng=np.random.default_rng(0))
+    scores = openset.split_scores(held, gallery, ["h0", "h1"], other, shots=1,
+                                  calibration=None, rng=np.random.default_rng(0))
+    assert len(scores.new_truth) == 3 and len(scores.unknown_score) == 4
+    result = openset.split_metrics(scores, threshold=0.5)
     assert result["new_top_label_accuracy"] == result["new_accuracy"] == 1.0
     assert result["unknown_rejection"] == result["other_domain_rejection"] == 1.0
     assert result["balanced_accuracy"] == 1.0 and result["auroc_unknown"] == 1.0
@@ -61,3 +64,43 @@ def test_the_cli_reports_each_k_over_seeded_splits(tiny_checkpoint, tmp_path):
             assert 0.0 <= summary[key]["mean"] <= 1.0 and summary[key]["std"] >= 0.0
     assert openset.default_heldout([f"c{i:02d}" for i in range(61)])[:2] == ["c01", "c05"]
     assert len(openset.default_heldout([f"c{i:02d}" for i in range(61)])) == 15
+
+
+def test_threshold_and_confidence_by_hand():
+    # New kinds score 2 and 1 (both right) and 0 (wrong); unknowns -1 and 0.5; the other
+    # domain -2. The cut at 0.75 keeps both right answers and rejects every unknown.
+    scores = openset.SplitScores(np.array(["a", "a", "a"], dtype=object),
+                                 np.array(["a", "a", "b"], dtype=object),
+                                 np.array([2.0, 1.0, 0.0]), np.array([-1.0, 0.5]),
+                                 np.array([-2.0]))
+    threshold, balanced, (a, b) = openset.threshold_and_confidence({1: [scores]})
+    assert 0.5 < threshold <= 1.0
+    assert balanced == pytest.approx((2 / 3 + 1) / 2)
+    assert a > 0  # higher score, more likely right
+
+
+def test_calibrate_then_choose_the_threshold_on_held_out_classes(tiny_checkpoint, tmp_path):
+    from models.checkpoint import load_checkpoint
+    from models.decision import shot_calibration
+    from training import calibrate
+
+    classes = {k: COLOURS[k] for k in COLOURS}
+    train = make_image_folder(tmp_path / "train", classes, per_class=6, seed=1)
+    test = make_image_folder(tmp_path / "test", classes, per_class=3, seed=2)
+    checkpoint = tmp_path / "c.pt"
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    result = calibrate.main(["--checkpoint", str(checkpoint), "--gallery", str(train),
+                             "--queries", str(test), "--classes", ",".join(COLOURS),
+                             "--splits", "2", "--write", "--json", str(tmp_path / "c.json")])
+    stored = shot_calibration(load_checkpoint(checkpoint).meta.extra)
+    assert stored is not None and stored.to_dict() == result["calibration"]
+    assert stored.shots[0] == 1 and all(s > 0 for s in stored.std)
+    assert json.loads((tmp_path / "c.json").read_text()) == result
+    # The evaluation uses the stored rule, and stores the threshold it chose.
+    results = openset.main(["--checkpoint", str(checkpoint), "--gallery", str(train),
+                            "--queries", str(test), "--heldout", "red,green,blue,cyan",
+                            "--shots", "1", "--splits", "2",
+                            "--write-threshold", str(checkpoint)])
+    assert results["rule"] == "shot-calibrated"
+    chosen = shot_calibration(load_checkpoint(checkpoint).meta.extra)
+    assert chosen.threshold == results["threshold"] and chosen.mean == stored.mean

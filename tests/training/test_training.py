@@ -209,16 +209,3 @@ def test_interpolate_cli_soups_then_moves_towards_the_start(synthetic_folder, tm
             torch.testing.assert_close(value, states[2][key] + 0.25 * (tuned - states[2][key]))
             moved += not torch.equal(states[0][key], states[2][key])
     assert moved > 0  # training changed some weights: the check above is not trivial
-
-
-def test_calibrate_cli_at_another_test_time_size(synthetic_folder, tiny_checkpoint, tmp_path):
-    from training import calibrate
-
-    result = calibrate.main(["--checkpoint", str(tiny_checkpoint), "--gallery",
-                             str(synthetic_folder), "--queries", str(synthetic_folder),
-                             "--unknown-classes", "yellow", "--image-size", "80",
-                             "--json", str(tmp_path / "c.json")])
-    assert result["image_size"] == 80
-    assert result["known_queries"] == 36 and result["unknown_queries"] == 12
-    assert -1.0 <= result["threshold"] <= 1.0 and 0.5 <= result["balanced_accuracy"] <= 1.0
-    assert json.loads((tmp_path / "c.json").read_text()) == result

@@ -10,8 +10,14 @@ from app.api.deps import GalleryDep, PhotoDep, ReadAccess, SettingsDep
 from app.api.errors import error_responses
 from app.schemas import Classification, LabelScore, SearchHit, SearchResults
 from app.services.gallery import Gallery
+from models.decision import ShotCalibration
 
 T = TypeVar("T")
+DEFAULT_COSINE_THRESHOLD = 0.89  # for checkpoints without a calibration
+
+
+def rule_name(calibration: ShotCalibration | None) -> str:
+    return "shot-calibrated" if calibration else "cosine"
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
@@ -47,19 +53,32 @@ async def search(
 async def classify(photo: PhotoDep, gallery: GalleryDep,
                    settings: SettingsDep) -> Classification:
     """Compares the photo with each label's prototype (the normalised mean of its
-    embeddings). Below ``CLASSIFY_THRESHOLD`` the answer is ``unknown``."""
+    embeddings), each score standardised by the label's number of photos where the
+    checkpoint is calibrated. Below the threshold the answer is ``unknown``."""
     ranked = await ask(gallery, lambda: gallery.classify(photo.vector))
-    best_label, best_score = ranked[0] if ranked else ("unknown", -1.0)
+    calibration = gallery.calibration
     threshold = settings.classify_threshold
-    matches = await ask(gallery, lambda: gallery.best_of_label(photo.vector, best_label, 3)
-                        ) if ranked else []
+    if threshold is None:
+        threshold = calibration.threshold if calibration else DEFAULT_COSINE_THRESHOLD
+    if not ranked.labels:
+        return Classification(label="unknown", score=-1.0, confidence=None,
+                              rule=rule_name(calibration), threshold=threshold, margin=0.0,
+                              closest_label=None, matches=[], candidates=[],
+                              took_ms=photo.took_ms)
+    best_label, best_score = ranked.labels[0], float(ranked.scores[0])
+    matches = await ask(gallery, lambda: gallery.best_of_label(photo.vector, best_label, 3))
     return Classification(
         label=best_label if best_score >= threshold else "unknown",
         score=best_score,
+        confidence=float(calibration.confidence(best_score)) if calibration else None,
+        rule=rule_name(calibration),
         threshold=threshold,
-        margin=best_score - ranked[1][1] if len(ranked) > 1 else best_score,
-        closest_label=best_label if ranked else None,
+        margin=best_score - float(ranked.scores[1]) if len(ranked.labels) > 1 else best_score,
+        closest_label=best_label,
         matches=[SearchHit(id=h.item.id, label=h.item.label, score=h.score) for h in matches],
-        candidates=[LabelScore(label=label, score=score) for label, score in ranked],
+        candidates=[LabelScore(label=label, score=float(score), cosine=float(cosine),
+                               photos=int(count)) for label, score, cosine, count in
+                    zip(ranked.labels, ranked.scores, ranked.cosines, ranked.counts,
+                        strict=True)],
         took_ms=photo.took_ms,
     )

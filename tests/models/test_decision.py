@@ -1,0 +1,54 @@
+"""The open-set decision rule (models/decision.py) on tiny hand-checkable numbers."""
+
+import numpy as np
+import pytest
+
+from models.decision import ShotCalibration, fit_logistic, rank, score_labels
+
+CAL = ShotCalibration(shots=(1, 4, 16), mean=(0.6, 0.8, 0.9), std=(0.1, 0.05, 0.05),
+                      threshold=-1.0, logistic=(2.0, 1.0))
+
+
+def test_statistics_interpolate_in_log_shots_and_clamp():
+    mean, std = CAL.at(np.array([1, 2, 4, 16, 100, 0]))
+    np.testing.assert_allclose(mean, [0.6, 0.7, 0.8, 0.9, 0.9, 0.6])  # 2 = halfway in log
+    np.testing.assert_allclose(std, [0.1, 0.075, 0.05, 0.05, 0.05, 0.1])
+
+
+def test_a_one_shot_label_wins_when_its_cosine_is_typical_for_one_shot():
+    # Label "many" (16 photos) scores cosine 0.85, "one" (1 photo) 0.7: plain cosines
+    # pick "many"; standardised, 0.85 is below a 16-shot match's 0.9 and 0.7 is above a
+    # 1-shot match's 0.6, so "one" wins.
+    sums = np.array([[16.0, 0.0], [0.0, 1.0]])
+    query = np.array([0.85, np.sqrt(1 - 0.85**2)])
+    counts = np.array([16, 1])
+    assert rank(query, ["many", "one"], sums, counts, None).labels[0] == "many"
+    ranking = rank(query, ["many", "one"], sums, counts, CAL)
+    assert ranking.labels == ["one", "many"]
+    np.testing.assert_allclose(ranking.scores, [(0.5268 - 0.6) / 0.1, (0.85 - 0.9) / 0.05],
+                               atol=1e-3)
+    np.testing.assert_allclose(ranking.cosines, [0.5268, 0.85], atol=1e-3)
+    assert ranking.counts.tolist() == [1, 16]
+
+
+def test_without_a_calibration_the_score_is_the_cosine():
+    scores, cosines = score_labels(np.array([[1.0, 0.0]]), np.array([[3.0, 4.0]]),
+                                   np.array([2]), None)
+    assert scores is cosines and scores.tolist() == [[pytest.approx(0.6)]]
+
+
+def test_confidence_is_the_logistic_of_the_score():
+    assert CAL.confidence(-0.5) == pytest.approx(0.5)
+    assert CAL.confidence(1.0) == pytest.approx(1 / (1 + np.exp(-3.0)))
+
+
+def test_the_logistic_fit_recovers_known_parameters():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20000)
+    y = rng.random(20000) < 1 / (1 + np.exp(-(1.5 * x - 0.5)))
+    a, b = fit_logistic(x, y)
+    assert a == pytest.approx(1.5, abs=0.08) and b == pytest.approx(-0.5, abs=0.05)
+
+
+def test_calibration_round_trips_through_a_dict():
+    assert ShotCalibration.from_dict(CAL.to_dict()) == CAL
