@@ -9,6 +9,7 @@ import pytest
 # anything imports them, since they read these variables once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # pgserver's platformdirs asks for one
 
 from tests.helpers import COLOURS, make_image_folder, make_tiny_checkpoint  # noqa: E402
 
@@ -38,7 +39,6 @@ def grocery() -> Path:
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory):
     """A real PostgreSQL 16 with pgvector (the pgserver package), for this test session."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
     import pgserver
 
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
