@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 	@if command -v docker-compose >/dev/null; then \
 		docker-compose -f docker-compose.yml config -q && \
-		docker-compose -f docker-compose.yml --profile gpu --profile train config -q && \
+		docker-compose -f docker-compose.yml --profile gpu --profile train --profile shared config -q && \
 		echo "docker-compose config: ok (all profiles)"; \
 	else echo "docker-compose not installed: compose check skipped"; fi
 

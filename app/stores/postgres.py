@@ -111,7 +111,7 @@ class PostgresStore(GalleryStore):
     reads_in_memory = False
 
     def __init__(self, conninfo: str, dim: int, fingerprint: str, pool_size: int = 8,
-                 exact_search_below: int = 20_000, hnsw_ef_search: int = 100) -> None:
+                 exact_search_below: int = 1000, hnsw_ef_search: int = 100) -> None:
         self.fingerprint, self.dim = fingerprint, dim
         self.exact_search_below = exact_search_below
         try:
