@@ -1,5 +1,6 @@
 """Benchmarks (``make bench``): embedding throughput, /search latency and throughput over
-HTTP, start-up time, FAISS flat vs HNSW, and enrolment latency as the gallery grows.
+HTTP, start-up time, FAISS flat vs HNSW, PostgreSQL exact vs HNSW (the shared store's own
+query, beside FAISS flat), and enrolment latency as the gallery grows.
 
 Every target is a ratio between two numbers measured in the same run, because the machines
 are shared and noisy (``bench/report.py`` holds the targets). Writes ``bench/results.json``
@@ -25,6 +26,7 @@ from bench.embedding import bench_embedding, service_lanes
 from bench.faiss_index import bench_faiss
 from bench.harness import ROOT
 from bench.http_load import bench_search
+from bench.postgres_search import bench_postgres
 from bench.report import add_ratios, load_ratio, markdown
 from bench.startup import bench_startup
 from models.base import DEFAULT_CHECKPOINT
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--faiss-uniform-sizes", default="10000,100000",
                    help="sizes of uniformly random vectors, the worst case (1M takes "
                         "~10 min to index on 2 cores)")
-    p.add_argument("--skip", default="", help="comma-separated: embedding,startup,search,faiss")
+    p.add_argument("--postgres-sizes", default="10000,100000,1000000",
+                   help="gallery sizes for PostgreSQL search, exact and HNSW")
+    p.add_argument("--skip", default="",
+                   help="comma-separated: embedding,startup,search,faiss,postgres")
     args = p.parse_args(argv)
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -82,6 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
                 kind: [int(n) for n in sizes.split(",") if n]
                 for kind, sizes in (("clustered", args.faiss_sizes),
                                     ("uniform", args.faiss_uniform_sizes))})
+        if "postgres" not in skip:
+            print("PostgreSQL search, exact vs HNSW ...", flush=True)
+            results["postgres"] = bench_postgres(
+                [int(n) for n in args.postgres_sizes.split(",") if n])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -189,3 +189,11 @@ def test_fp32_onnx_is_timed_beside_an_int8_service_and_the_issue_ratios(tiny_che
     add_ratios(results)
     assert results["search"]["throughput_16_over_eager_b32"] == pytest.approx(8.5)
     assert results["search"]["p50_overhead_ms"] == pytest.approx(3.5)
+
+
+def test_postgres_search_bench_measures_exact_hnsw_and_faiss_on_a_real_server():
+    from bench.postgres_search import bench_postgres
+
+    result = bench_postgres([300], queries=10)["300"]
+    assert result["hnsw_recall_at_5"] >= 0.9  # near-duplicate queries of stored vectors
+    assert result["exact_ms"] > 0 and result["hnsw_ms"] > 0 and result["faiss_flat_ms"] > 0
