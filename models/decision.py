@@ -7,13 +7,12 @@ cosine is standardised by what a genuine match scores against a prototype of tha
 shots: ``z = (cosine - mean(n)) / std(n)``, ``mean`` and ``std`` measured on classes the
 checkpoint's own calibration saw (``python -m training.calibrate``) and interpolated in
 log n. The best label wins; below ``threshold`` (on ``z``) the answer is ``unknown``.
-``confidence`` is a logistic fit of "the answer is right" on ``z``. Without a calibration
-the score is the raw cosine.
+``confidence`` is a logistic fit of "the best label is right" on ``z`` and on the margin to
+the runner-up's ``z``. Without a calibration the score is the raw cosine.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,9 @@ class ShotCalibration:
     mean: tuple[float, ...]  # mean cosine of a genuine match, per shot count
     std: tuple[float, ...]
     threshold: float  # on z: below it, "unknown"
-    logistic: tuple[float, float]  # confidence = sigmoid(a * z + b)
+    # confidence = sigmoid(a * z + c * margin + b), stored as (a, c, b); files with (a, b)
+    # predate the margin term and read as c = 0
+    logistic: tuple[float, float, float]
 
     def to_dict(self) -> dict[str, object]:
         return {"shots": list(self.shots), "mean": list(self.mean), "std": list(self.std),
@@ -35,10 +36,11 @@ class ShotCalibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> ShotCalibration:
+        fit = [float(v) for v in data["logistic"]]
+        a, c, b = (fit[0], 0.0, fit[1]) if len(fit) == 2 else fit
         return cls(tuple(int(n) for n in data["shots"]),
                    tuple(float(v) for v in data["mean"]),
-                   tuple(float(v) for v in data["std"]), float(data["threshold"]),
-                   (float(data["logistic"][0]), float(data["logistic"][1])))
+                   tuple(float(v) for v in data["std"]), float(data["threshold"]), (a, c, b))
 
     def at(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) for labels of ``counts`` photos (clamped to the measured range)."""
@@ -50,9 +52,12 @@ class ShotCalibration:
         mean, std = self.at(counts)
         return (cosines - mean) / std
 
-    def confidence(self, z: np.ndarray | float) -> np.ndarray | float:
-        a, b = self.logistic
-        return 1.0 / (1.0 + np.exp(-(a * np.asarray(z) + b)))
+    def confidence(self, z: np.ndarray | float,
+                   margin: np.ndarray | float = 0.0) -> np.ndarray | float:
+        """P(the best label is right) for its score ``z`` and its ``margin`` over the
+        runner-up."""
+        a, c, b = self.logistic
+        return 1.0 / (1.0 + np.exp(-(a * np.asarray(z) + c * np.asarray(margin) + b)))
 
 
 def shot_calibration(extra: dict) -> ShotCalibration | None:
@@ -88,18 +93,21 @@ def rank(query: np.ndarray, labels: list[str], sums: np.ndarray, counts: np.ndar
                    np.asarray(counts)[order])
 
 
-def fit_logistic(scores: np.ndarray, right: np.ndarray, steps: int = 500) -> tuple[float, float]:
-    """Logistic regression of ``right`` (bool) on one score, by Newton's method."""
-    x, y = np.asarray(scores, np.float64), np.asarray(right, np.float64)
-    a, b = 1.0, 0.0
+def fit_logistic(features: np.ndarray, right: np.ndarray, weights: np.ndarray | None = None,
+                 steps: int = 100) -> tuple[float, ...]:
+    """Weighted logistic regression of ``right`` (bool) on ``features`` ((N,) or (N, F)), by
+    Newton's method: F coefficients, then the bias."""
+    x = np.asarray(features, np.float64).reshape(len(right), -1)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    y = np.asarray(right, np.float64)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    theta = np.zeros(x.shape[1])
     for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
-        w = np.maximum(p * (1 - p), 1e-9)
-        grad = np.array([np.sum((p - y) * x), np.sum(p - y)])
-        hess = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]])
-        hess += 1e-6 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if math.hypot(*step) < 1e-10:
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ theta, -50, 50)))
+        grad = x.T @ (w * (p - y))
+        hess = (x * (w * np.maximum(p * (1 - p), 1e-9))[:, None]).T @ x
+        step = np.linalg.solve(hess + 1e-6 * np.eye(len(theta)), grad)
+        theta -= step
+        if np.linalg.norm(step) < 1e-10:
             break
-    return float(a), float(b)
+    return tuple(float(v) for v in theta)

@@ -69,6 +69,12 @@ def shot_statistics(vectors: dict[str, tuple[np.ndarray, int]], rng: np.random.G
     return means, stds
 
 
+def stacked(parts: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of several classes as one array, and each row's class."""
+    return (np.concatenate([v for v, _ in parts]),
+            np.concatenate([[c] * len(v) for v, c in parts]).astype(object))
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,9 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
             order = split_rng.permutation(len(classes))
             candidates = [classes[i] for i in order[: max(4, len(classes) * 3 // 10)]]
             known = [classes[i] for i in order if classes[i] not in candidates]
-            pooled = [(vectors[c][0][: vectors[c][1]], c) for c in known]
-            gallery = gallery_of(np.concatenate([v for v, _ in pooled]),
-                                 np.concatenate([[c] * len(v) for v, c in pooled]), known)
+            shots_of = [(vectors[c][0][: vectors[c][1]], c) for c in known]
+            queries_of = [(vectors[c][0][vectors[c][1] :], c) for c in known]
+            gallery = gallery_of(*stacked(shots_of), known, *stacked(queries_of))
             splits.append(split_scores(vectors, gallery, candidates, other, shots, stats,
                                        split_rng))
         simulated[shots] = splits

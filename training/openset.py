@@ -60,29 +60,51 @@ def classify(queries: np.ndarray, sums: np.ndarray, counts: np.ndarray, labels: 
              calibration: ShotCalibration | None,
              threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The service's rule: (best label, its score, answer with "unknown" below threshold)."""
+    answers = best_answers(queries, sums, counts, labels, calibration)
+    return answers.label, answers.score, np.where(answers.score >= threshold, answers.label,
+                                                  "unknown")
+
+
+@dataclass
+class Answers:
+    """Per query: the best label, its score and its margin over the runner-up's score (with
+    one label, its score, as ``/classify`` reports)."""
+
+    label: np.ndarray
+    score: np.ndarray
+    margin: np.ndarray
+
+
+def best_answers(queries: np.ndarray, sums: np.ndarray, counts: np.ndarray, labels: list[str],
+                 calibration: ShotCalibration | None) -> Answers:
     scores, _ = score_labels(queries, sums, counts, calibration)
-    best = scores.argmax(1)
-    best_labels = np.array(labels, dtype=object)[best]
-    top = scores[np.arange(len(queries)), best]
-    return best_labels, top, np.where(top >= threshold, best_labels, "unknown")
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :2]
+    rows = np.arange(len(queries))
+    top = scores[rows, order[:, 0]]
+    runner_up = scores[rows, order[:, 1]] if scores.shape[1] > 1 else np.zeros_like(top)
+    return Answers(np.array(labels, dtype=object)[order[:, 0]], top, top - runner_up)
 
 
 @dataclass
 class Gallery:
-    """Known classes: the sum of each one's embeddings and how many there are."""
+    """Known classes: the sum of each one's embeddings and how many there are, and photos of
+    them that are not in the gallery (queries that must get their label)."""
 
     labels: list[str]
     sums: np.ndarray
     counts: np.ndarray
+    query_vectors: np.ndarray
+    query_labels: np.ndarray
 
 
 @dataclass
 class SplitScores:
     new_truth: np.ndarray  # the enrolled kinds' queries: their label
-    new_best: np.ndarray  # ... the best label and its score
-    new_score: np.ndarray
-    unknown_score: np.ndarray  # best score of queries of kinds nobody enrolled
-    other_score: np.ndarray  # ... and of other-domain photos
+    new: Answers
+    unknown: Answers  # queries of kinds nobody enrolled
+    other: Answers  # other-domain photos
+    known_truth: np.ndarray  # queries of the gallery's own classes
+    known: Answers
 
 
 def split_scores(vectors: dict[str, tuple[np.ndarray, int]], gallery: Gallery,
@@ -107,33 +129,40 @@ def split_scores(vectors: dict[str, tuple[np.ndarray, int]], gallery: Gallery,
         truth += [name] * len(rest)
     all_sums, all_counts = np.concatenate(sums), np.concatenate(counts)
 
-    def best(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        found, score, _ = classify(q, all_sums, all_counts, labels, calibration, np.inf)
-        return found, score
+    def answer(q: np.ndarray) -> Answers:
+        return best_answers(q, all_sums, all_counts, labels, calibration)
 
-    new_best, new_score = best(np.concatenate(queries))
     unknown_q = np.concatenate([vectors[name][0] for name in unknown])
-    return SplitScores(np.array(truth, dtype=object), new_best, new_score,
-                       best(unknown_q)[1], best(other)[1])
+    return SplitScores(np.array(truth, dtype=object), answer(np.concatenate(queries)),
+                       answer(unknown_q), answer(other), gallery.query_labels,
+                       answer(gallery.query_vectors))
 
 
 def split_metrics(s: SplitScores, threshold: float) -> dict[str, float]:
+    new_right = s.new.label == s.new_truth
+    known_right = s.known.label == s.known_truth
     result = {
-        "new_top_label_accuracy": float(np.mean(s.new_best == s.new_truth)),
-        "new_accuracy": float(np.mean((s.new_best == s.new_truth) & (s.new_score >= threshold))),
-        "unknown_rejection": float(np.mean(s.unknown_score < threshold)),
-        "other_domain_rejection": float(np.mean(s.other_score < threshold)),
-        "auroc_unknown": auroc(s.new_score, s.unknown_score),
-        "auroc_other_domain": auroc(s.new_score, s.other_score),
+        "new_top_label_accuracy": float(np.mean(new_right)),
+        "new_accuracy": float(np.mean(new_right & (s.new.score >= threshold))),
+        "unknown_rejection": float(np.mean(s.unknown.score < threshold)),
+        "other_domain_rejection": float(np.mean(s.other.score < threshold)),
+        "auroc_unknown": auroc(s.new.score, s.unknown.score),
+        "auroc_other_domain": auroc(s.new.score, s.other.score),
+        "known_top_label_accuracy": float(np.mean(known_right)) if len(known_right) else
+        float("nan"),
+        "known_accuracy": float(np.mean(known_right & (s.known.score >= threshold)))
+        if len(known_right) else float("nan"),
     }
     rejection = (result["unknown_rejection"] + result["other_domain_rejection"]) / 2
     result["balanced_accuracy"] = (result["new_accuracy"] + rejection) / 2
     return result
 
 
-def gallery_of(vectors: np.ndarray, labels: np.ndarray, names: list[str]) -> Gallery:
+def gallery_of(vectors: np.ndarray, labels: np.ndarray, names: list[str],
+               query_vectors: np.ndarray, query_labels: np.ndarray) -> Gallery:
     return Gallery(list(names), np.stack([vectors[labels == c].sum(0) for c in names]),
-                   np.array([int(np.sum(labels == c)) for c in names]))
+                   np.array([int(np.sum(labels == c)) for c in names]), query_vectors,
+                   np.asarray(query_labels, dtype=object))
 
 
 def synthetic_scenes(count: int, size: int = 256, seed: int = 0) -> list[Image.Image]:
@@ -152,6 +181,11 @@ def synthetic_scenes(count: int, size: int = 256, seed: int = 0) -> list[Image.I
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=fill)
         scenes.append(image)
     return scenes
+
+
+def names_of(folder: ImageFolder) -> np.ndarray:
+    """The class name of each of the folder's samples."""
+    return np.array([folder.classes[s.label] for s in folder.samples], dtype=object)
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -182,32 +216,60 @@ def other_domain(embedder: Embedder, embed: Callable[[ImageFolder], np.ndarray],
 
 
 def threshold_and_confidence(scored: dict[int, list[SplitScores]]
-                             ) -> tuple[float, float, tuple[float, float]]:
+                             ) -> tuple[float, float, tuple[float, ...]]:
     """From splits scored for each K: the threshold with the best mean balanced accuracy
-    over the K's, that accuracy, and the confidence (a logistic fit of "answered right" on
-    the score; unknowns are never right)."""
-    per_k = [(np.concatenate([s.new_score for s in splits]),
-              np.concatenate([s.new_best == s.new_truth for s in splits]),
-              np.concatenate([s.unknown_score for s in splits]),
-              np.concatenate([s.other_score for s in splits])) for splits in scored.values()]
-    pooled = np.concatenate([np.concatenate([s, u]) for s, _, u, _ in per_k])
-    candidates = np.unique(np.quantile(pooled, np.linspace(0, 1, 401)))
+    over the K's, that accuracy, and the confidence: a logistic fit of "the best label is
+    right" on the score and the margin, over the queries of known kinds, of new kinds and
+    of unknowns (never right), each of the three weighing as much in every K (the unknown
+    kinds and the other domain half each)."""
+    pooled = [np.concatenate([np.concatenate([s.new.score, s.unknown.score]) for s in splits])
+              for splits in scored.values()]
+    candidates = np.unique(np.quantile(np.concatenate(pooled), np.linspace(0, 1, 401)))
+    per_k = [[(s.new.score, s.new.label == s.new_truth, s.unknown.score, s.other.score)
+              for s in splits] for splits in scored.values()]
 
     def balanced(t: float) -> float:
-        return float(np.mean([(np.mean(right & (s >= t))
-                               + (np.mean(u < t) + np.mean(o < t)) / 2) / 2
-                              for s, right, u, o in per_k]))
+        return float(np.mean([(np.mean(right & (new >= t))
+                               + (np.mean(unknown < t) + np.mean(other < t)) / 2) / 2
+                              for splits in per_k for new, right, unknown, other in splits]))
 
     best = float(max(candidates, key=balanced))
-    scores = np.concatenate([np.concatenate([s, u, o]) for s, _, u, o in per_k])
-    right = np.concatenate([np.concatenate([r, np.zeros(len(u) + len(o), bool)])
-                            for _, r, u, o in per_k])
-    return round(best, 4), balanced(best), fit_logistic(scores, right)
+    groups = []  # (answers, right, weight of the group)
+    for splits in scored.values():
+        share = 1.0 / len(splits)
+        for s in splits:
+            groups += [(s.known, s.known.label == s.known_truth, share),
+                       (s.new, s.new.label == s.new_truth, share),
+                       (s.unknown, np.zeros(len(s.unknown.score), bool), share / 2),
+                       (s.other, np.zeros(len(s.other.score), bool), share / 2)]
+    groups = [g for g in groups if len(g[1])]
+    features = np.concatenate([np.stack([a.score, a.margin], 1) for a, _, _ in groups])
+    right = np.concatenate([r for _, r, _ in groups])
+    weights = np.concatenate([np.full(len(r), w / len(r)) for _, r, w in groups])
+    return round(best, 4), balanced(best), fit_logistic(features, right, weights)
 
 
-def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]]) -> float:
+def confidence_by_group(splits: list[SplitScores],
+                        calibration: ShotCalibration) -> dict[str, dict[str, float]]:
+    """Per kind of query: the mean confidence of its best label, and how often that label
+    is right (a calibrated confidence keeps the two close)."""
+    groups = {"known": [(s.known, s.known.label == s.known_truth) for s in splits],
+              "new": [(s.new, s.new.label == s.new_truth) for s in splits],
+              "unknown": [(s.unknown, np.zeros(len(s.unknown.score), bool)) for s in splits],
+              "other_domain": [(s.other, np.zeros(len(s.other.score), bool)) for s in splits]}
+    report = {}
+    for name, parts in groups.items():
+        confidence = np.concatenate([calibration.confidence(a.score, a.margin) for a, _ in parts])
+        if len(confidence):
+            report[name] = {"mean_confidence": float(confidence.mean()),
+                            "right": float(np.concatenate([r for _, r in parts]).mean())}
+    return report
+
+
+def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]]
+                    ) -> ShotCalibration:
     """Store the threshold with the best mean balanced accuracy over the K's, and the
-    confidence (a logistic fit of "answered right" on the score), in ``checkpoint``."""
+    confidence fit (:func:`threshold_and_confidence`), in ``checkpoint``."""
     target = shot_calibration(load_checkpoint(checkpoint).meta.extra)
     if target is None:
         raise SystemExit(f"{checkpoint} has no shot statistics: run training.calibrate on it "
@@ -217,7 +279,7 @@ def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]]) -> f
     set_checkpoint_extra(checkpoint, "openset", chosen.to_dict())
     print(f"wrote threshold {chosen.threshold} and confidence {chosen.logistic} into "
           f"{checkpoint}")
-    return chosen.threshold
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -253,8 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     heldout = args.heldout or default_heldout(list(class_folder_images(args.gallery)))
     known = scan_image_folder(args.gallery, exclude=heldout)
-    gallery = gallery_of(embed(known), np.array([known.classes[s.label] for s in
-                                                 known.samples]), list(known.classes))
+    scanned = scan_image_folder(args.queries, exclude=heldout)
+    known_queries = ImageFolder(scanned.root, scanned.classes, [
+        s for s in scanned.samples if scanned.classes[s.label] in known.classes])
+    gallery = gallery_of(embed(known), names_of(known), list(known.classes),
+                         embed(known_queries), names_of(known_queries))
     vectors = class_vectors(embed, args.gallery, args.queries, heldout)
     other, other_source = other_domain(embedder, embed, args.other_domain)
     results: dict = {"checkpoint": args.checkpoint, "runtime": embedder.name,
@@ -265,12 +330,17 @@ def main(argv: list[str] | None = None) -> dict:
     scored = {shots: [split_scores(vectors, gallery, heldout, other, shots, calibration,
                                    np.random.default_rng(seed)) for seed in range(args.splits)]
               for shots in (int(k) for k in args.shots.split(","))}
+    confidence_of = calibration  # the confidence fit reported: the one written, if any
     if args.write_threshold:
-        threshold = results["threshold"] = write_threshold(args.write_threshold, scored)
+        confidence_of = write_threshold(args.write_threshold, scored)
+        threshold = results["threshold"] = confidence_of.threshold
     for shots, splits in scored.items():
         runs = [split_metrics(s, threshold) for s in splits]
         results[f"{shots}_shot"] = {"summary": summarise(runs), "splits": runs}
-    print(json.dumps({k: v["summary"] if isinstance(v, dict) and "summary" in v else v
+        if confidence_of is not None:
+            results[f"{shots}_shot"]["confidence"] = confidence_by_group(splits, confidence_of)
+    print(json.dumps({k: {**v["summary"], "confidence": v.get("confidence")}
+                      if isinstance(v, dict) and "summary" in v else v
                       for k, v in results.items()}, indent=1))
     write_json(args.json, results)
     return results

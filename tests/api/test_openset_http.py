@@ -9,7 +9,7 @@ from models.base import DEFAULT_CHECKPOINT
 from models.checkpoint import load_checkpoint
 from models.decision import shot_calibration
 from tests.api.helpers import running, upload
-from training.openset import classify, default_heldout
+from training.openset import best_answers, classify, default_heldout
 
 pytestmark = pytest.mark.slow  # embeds a few hundred real photos
 
@@ -47,6 +47,12 @@ def test_one_shot_kinds_and_unknowns_through_http_match_the_offline_rule(grocery
     assert [a["label"] for a in answers] == list(offline)
     assert [a["closest_label"] for a in answers] == list(best)
     np.testing.assert_allclose([a["score"] for a in answers], score, atol=1e-4)
+    offline_answers = best_answers(vectors, stats.sums, stats.counts, stats.labels, calibration)
+    np.testing.assert_allclose([a["margin"] for a in answers], offline_answers.margin,
+                               atol=1e-4)
+    np.testing.assert_allclose([a["confidence"] for a in answers],
+                               calibration.confidence(offline_answers.score,
+                                                      offline_answers.margin), atol=1e-4)
     for answer in answers:
         assert answer["threshold"] == calibration.threshold
         assert 0.0 < answer["confidence"] < 1.0

@@ -6,7 +6,7 @@ import pytest
 from models.decision import ShotCalibration, fit_logistic, rank, score_labels
 
 CAL = ShotCalibration(shots=(1, 4, 16), mean=(0.6, 0.8, 0.9), std=(0.1, 0.05, 0.05),
-                      threshold=-1.0, logistic=(2.0, 1.0))
+                      threshold=-1.0, logistic=(2.0, 0.5, 1.0))
 
 
 def test_statistics_interpolate_in_log_shots_and_clamp():
@@ -37,17 +37,34 @@ def test_without_a_calibration_the_score_is_the_cosine():
     assert scores is cosines and scores.tolist() == [[pytest.approx(0.6)]]
 
 
-def test_confidence_is_the_logistic_of_the_score():
+def test_confidence_is_the_logistic_of_the_score_and_the_margin():
     assert CAL.confidence(-0.5) == pytest.approx(0.5)
     assert CAL.confidence(1.0) == pytest.approx(1 / (1 + np.exp(-3.0)))
+    assert CAL.confidence(-0.5, margin=2.0) == pytest.approx(1 / (1 + np.exp(-1.0)))
+
+
+def test_a_calibration_without_the_margin_term_reads_as_zero_margin_weight():
+    old = {**CAL.to_dict(), "logistic": [2.0, 1.0]}
+    assert ShotCalibration.from_dict(old).logistic == (2.0, 0.0, 1.0)
 
 
 def test_the_logistic_fit_recovers_known_parameters():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=20000)
-    y = rng.random(20000) < 1 / (1 + np.exp(-(1.5 * x - 0.5)))
-    a, b = fit_logistic(x, y)
-    assert a == pytest.approx(1.5, abs=0.08) and b == pytest.approx(-0.5, abs=0.05)
+    x = rng.normal(size=(20000, 2))
+    y = rng.random(20000) < 1 / (1 + np.exp(-(1.5 * x[:, 0] + 0.7 * x[:, 1] - 0.5)))
+    a, c, b = fit_logistic(x, y)
+    assert a == pytest.approx(1.5, abs=0.08) and c == pytest.approx(0.7, abs=0.06)
+    assert b == pytest.approx(-0.5, abs=0.05)
+    (a1, b1) = fit_logistic(x[:, 0], y)  # one feature: one coefficient and the bias
+    assert a1 > 1.0 and b1 < 0
+
+
+def test_weights_count_like_repeated_samples():
+    x = np.array([0.0, 1.0, 2.0, 0.5])
+    y = np.array([False, True, True, True])
+    repeated = fit_logistic(np.r_[x, x[:1], x[:1]], np.r_[y, y[:1], y[:1]])
+    weighted = fit_logistic(x, y, weights=np.array([3.0, 1.0, 1.0, 1.0]))
+    np.testing.assert_allclose(weighted, repeated, atol=1e-6)
 
 
 def test_calibration_round_trips_through_a_dict():

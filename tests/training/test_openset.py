@@ -33,15 +33,23 @@ def unit(*v):
 def test_one_split_on_vectors_whose_answers_are_known():
     # Known class k0 along x; held-out h0, h1 along y and z: whichever is enrolled is found,
     # the other is unknown (its photos are far from every prototype), as is the other domain.
-    gallery = openset.Gallery(["k0"], np.array([unit(1, 0, 0, 0) * 3]), np.array([3]))
+    gallery = openset.Gallery(["k0"], np.array([unit(1, 0, 0, 0) * 3]), np.array([3]),
+                              np.stack([unit(1, 0.1, 0, 0), unit(0, 1, 0, 0)]),
+                              np.array(["k0", "k0"], dtype=object))
     held = {"h0": (np.stack([unit(0, 1, 0, 0)] * 4), 2),
             "h1": (np.stack([unit(0, 0, 1, 0)] * 4), 2)}
     other = np.stack([unit(0, 0, 0, 1)] * 3)
     scores = openset.split_scores(held, gallery, ["h0", "h1"], other, shots=1,
                                   calibration=None, rng=np.random.default_rng(0))
-    assert len(scores.new_truth) == 3 and len(scores.unknown_score) == 4
+    assert len(scores.new_truth) == 3 and len(scores.unknown.score) == 4
     result = openset.split_metrics(scores, threshold=0.5)
     assert result["new_top_label_accuracy"] == result["new_accuracy"] == 1.0
+    # The second known query points at the enrolled kind: wrong.
+    assert result["known_top_label_accuracy"] == result["known_accuracy"] == 0.5
+    enrolled = scores.new_truth[0]
+    assert list(scores.known.label) == ["k0", enrolled]
+    # margin: best minus runner-up (cosines 0.995 to k0 and 0.0995 to the enrolled kind)
+    np.testing.assert_allclose(scores.known.margin[0], 0.995 - 0.0995, atol=1e-3)
     assert result["unknown_rejection"] == result["other_domain_rejection"] == 1.0
     assert result["balanced_accuracy"] == 1.0 and result["auroc_unknown"] == 1.0
 
@@ -69,14 +77,19 @@ def test_the_cli_reports_each_k_over_seeded_splits(tiny_checkpoint, tmp_path):
 def test_threshold_and_confidence_by_hand():
     # New kinds score 2 and 1 (both right) and 0 (wrong); unknowns -1 and 0.5; the other
     # domain -2. The cut at 0.75 keeps both right answers and rejects every unknown.
-    scores = openset.SplitScores(np.array(["a", "a", "a"], dtype=object),
-                                 np.array(["a", "a", "b"], dtype=object),
-                                 np.array([2.0, 1.0, 0.0]), np.array([-1.0, 0.5]),
-                                 np.array([-2.0]))
-    threshold, balanced, (a, b) = openset.threshold_and_confidence({1: [scores]})
+    def answers(labels, scores, margins):
+        return openset.Answers(np.array(labels, dtype=object), np.array(scores, float),
+                               np.array(margins, float))
+
+    scores = openset.SplitScores(
+        np.array(["a", "a", "a"], dtype=object),
+        answers(["a", "a", "b"], [2.0, 1.0, 0.0], [1.5, 0.2, 0.1]),
+        answers(["a", "b"], [-1.0, 0.5], [0.1, 0.3]), answers(["b"], [-2.0], [0.0]),
+        np.array(["k", "k"], dtype=object), answers(["k", "a"], [0.5, -0.5], [2.0, 0.1]))
+    threshold, balanced, (a, c, b) = openset.threshold_and_confidence({1: [scores]})
     assert 0.5 < threshold <= 1.0
     assert balanced == pytest.approx((2 / 3 + 1) / 2)
-    assert a > 0  # higher score, more likely right
+    assert a + c > 0  # higher score and margin, more likely right
 
 
 def test_calibrate_then_choose_the_threshold_on_held_out_classes(tiny_checkpoint, tmp_path):

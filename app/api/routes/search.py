@@ -66,14 +66,15 @@ async def classify(photo: PhotoDep, gallery: GalleryDep,
                               closest_label=None, matches=[], candidates=[],
                               took_ms=photo.took_ms)
     best_label, best_score = ranked.labels[0], float(ranked.scores[0])
+    margin = best_score - float(ranked.scores[1]) if len(ranked.labels) > 1 else best_score
     matches = await ask(gallery, lambda: gallery.best_of_label(photo.vector, best_label, 3))
     return Classification(
         label=best_label if best_score >= threshold else "unknown",
         score=best_score,
-        confidence=float(calibration.confidence(best_score)) if calibration else None,
+        confidence=float(calibration.confidence(best_score, margin)) if calibration else None,
         rule=rule_name(calibration),
         threshold=threshold,
-        margin=best_score - float(ranked.scores[1]) if len(ranked.labels) > 1 else best_score,
+        margin=margin,
         closest_label=best_label,
         matches=[SearchHit(id=h.item.id, label=h.item.label, score=h.score) for h in matches],
         candidates=[LabelScore(label=label, score=float(score), cosine=float(cosine),
