@@ -1,4 +1,5 @@
-"""/search over HTTP: one-client latency beside the bare model call, sustained 16-client
+"""/search over HTTP: one-client latency (multipart and raw-body uploads) beside the bare
+model call, sustained 16-client
 throughput beside batch throughput of the same minutes, and enrolment as the gallery grows."""
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ B32_CALLS = 3  # timed batch-32 calls before each round (after one untimed)
 BOUNDARY = "bench-7f3a9c"
 
 
-def search_request(image: bytes, port: int) -> bytes:
-    """A complete ``POST /search`` HTTP/1.1 request with the image as multipart form data."""
-    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"'
-            f"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + image + \
-        f"\r\n--{BOUNDARY}--\r\n".encode()
+def search_request(image: bytes, port: int, raw: bool = False) -> bytes:
+    """A complete ``POST /search`` HTTP/1.1 request: the image as multipart form data, or
+    with ``raw`` as the request body itself."""
+    if raw:
+        body, content_type = image, "image/jpeg"
+    else:
+        body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="q.jpg"\r\nContent-Type: image/jpeg\r\n\r\n').encode() + image + \
+            f"\r\n--{BOUNDARY}--\r\n".encode()
+        content_type = f"multipart/form-data; boundary={BOUNDARY}"
     head = (f"POST /search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
 
@@ -63,16 +68,17 @@ class BareConnection:
         self.writer.close()
 
 
-async def search_latencies(port: int, requests: list[bytes], count: int,
+async def search_latencies(port: int, requests: dict[str, list[bytes]], count: int,
                            bare_call: Callable[[], object] | None = None, blocks: int = 5,
-                           ) -> tuple[list[float], list[float]]:
-    """Seconds per request, one client sending one request after another. With
-    ``bare_call``, blocks of requests alternate with blocks of bare model calls, so that the
-    two are compared under the same conditions of a shared, drifting machine (blocks, not
-    single pairs: alternating call by call, the two processes evict each other's weights
-    from the CPU caches and both slow down)."""
+                           ) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds per request of each kind of ``requests``, one client sending one request
+    after another. Blocks of each kind alternate, with ``bare_call`` blocks of bare model
+    calls between them, so that all are compared under the same conditions of a shared,
+    drifting machine (blocks, not single pairs: alternating call by call, the two
+    processes evict each other's weights from the CPU caches and both slow down)."""
     connection = await BareConnection.open(port)
-    latencies, bare = [], []
+    latencies: dict[str, list[float]] = {name: [] for name in requests}
+    bare: list[float] = []
     per_block = max(1, count // blocks)
     for block in range(blocks):
         if bare_call is not None:
@@ -81,11 +87,12 @@ async def search_latencies(port: int, requests: list[bytes], count: int,
                 bare_call()
                 if i >= 2:
                     bare.append(time.perf_counter() - start)
-        for i in range(per_block + 2):  # and two warm-up requests
-            start = time.perf_counter()
-            await connection.send(requests[(block * per_block + i) % len(requests)])
-            if i >= 2:
-                latencies.append(time.perf_counter() - start)
+        for name, kind in requests.items():
+            for i in range(per_block + 2):  # and two warm-up requests
+                start = time.perf_counter()
+                await connection.send(kind[(block * per_block + i) % len(kind)])
+                if i >= 2:
+                    latencies[name].append(time.perf_counter() - start)
     connection.close()
     return latencies, bare
 
@@ -153,12 +160,15 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     requests = [search_request(query, port) for query in queries]
+    raw_requests = [search_request(query, port, raw=True) for query in queries]
     with Service(checkpoint, work / "startup-data", gallery, port=port).run() as server:
         latencies, bare = asyncio.run(search_latencies(
-            port, requests, 100, lambda: runtime.embed_batch(one)))
-        latencies.sort()
-        result = {f"p{p}_ms": 1000 * latencies[int(len(latencies) * p / 100) - 1]
+            port, {"multipart": requests, "raw": raw_requests}, 100,
+            lambda: runtime.embed_batch(one)))
+        multipart = sorted(latencies["multipart"])
+        result = {f"p{p}_ms": 1000 * multipart[int(len(multipart) * p / 100) - 1]
                   for p in (50, 95, 99)}
+        result["p50_raw_body_ms"] = 1000 * statistics.median(latencies["raw"])
         result["paired_bare_call_ms"] = 1000 * statistics.median(bare)
         result["model_device"] = runtime_device(runtime)
         asyncio.run(search_throughput(port, requests, 16, 1.0))  # warm-up

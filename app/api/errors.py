@@ -70,7 +70,8 @@ MEANINGS = {
     408: "The request body did not arrive within BODY_TIMEOUT_S: `request_timeout`.",
     413: ("Too large: `upload_too_large` (over MAX_UPLOAD_MB), `image_too_large` (over "
           "MAX_IMAGE_PIXELS), `too_many_files` (over MAX_FILES_PER_ENROLL)."),
-    415: "An image format the service does not accept: `unsupported_format`.",
+    415: ("An image format the service does not accept: `unsupported_format`; a request "
+          "body that is neither multipart/form-data nor an image: `unsupported_media_type`."),
     422: ("The request does not fit the API: `invalid_request` (with `errors`), "
           "`invalid_label`."),
     503: ("Not ready yet, or shutting down: `not_ready`, `shutting_down`; retry after the "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 
-from fastapi import UploadFile, status
+from fastapi import status
+from starlette.datastructures import UploadFile
 
 from app.api.errors import ServiceError
 from app.core.config import Settings
@@ -18,10 +19,13 @@ RESERVED_LABELS = {"unknown"}
 
 
 async def read_upload(file: UploadFile, settings: Settings) -> bytes:
-    limit = settings.max_upload_bytes
-    data = await file.read(limit + 1)
-    name = file.filename or "upload"
-    if len(data) > limit:
+    data = await file.read(settings.max_upload_bytes + 1)
+    return check_upload(data, file.filename or "upload", settings)
+
+
+def check_upload(data: bytes, name: str, settings: Settings) -> bytes:
+    """``data`` if it is neither over the upload limit nor empty."""
+    if len(data) > settings.max_upload_bytes:
         raise ServiceError(status.HTTP_413_CONTENT_TOO_LARGE,
                            f"{name}: file is larger than the {settings.max_upload_mb:g} MB limit",
                            "upload_too_large")

@@ -39,6 +39,37 @@ def test_search_returns_k_best_first_with_working_image_urls(client):
     assert len(client.post("/search", files=upload(photo())).json()["results"]) == 5
 
 
+def test_the_photo_may_come_as_the_raw_request_body(client):
+    data = photo("green", 11)
+    for route in ("/search", "/classify"):
+        as_form = client.post(route, files=upload(data)).json()
+        for content_type in ("image/jpeg", "image/png", "application/octet-stream"):
+            raw = client.post(route, content=data, headers={"Content-Type": content_type})
+            assert raw.status_code == 200, raw.text
+            body = raw.json()
+            assert {**body, "took_ms": 0} == {**as_form, "took_ms": 0}
+    document = client.get("/openapi.json").json()["paths"]["/search"]["post"]
+    assert set(document["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
+
+
+@pytest.mark.parametrize("request_kwargs, code, message", [
+    ({"content": b"label=x", "headers": {"Content-Type": "text/plain"}}, 415,
+     "multipart/form-data"),
+    ({"content": b"x"}, 415, "no content type"),
+    ({"data": {"label": "x"}, "files": {"other": ("a.jpg", b"abc", "image/jpeg")}}, 422,
+     "no file field 'file'"),
+    ({"files": [("file", ("a.jpg", b"a", "image/jpeg")), ("file", ("b.jpg", b"b",
+                                                                    "image/jpeg"))]}, 400,
+     "Too many files"),
+], ids=["text", "no-type", "no-file-field", "two-files"])
+def test_a_search_body_that_carries_no_photo_is_a_clear_4xx(client, request_kwargs, code,
+                                                            message):
+    for route in ("/search", "/classify"):
+        response = client.post(route, **request_kwargs)
+        assert response.status_code == code, response.text
+        assert message in response.json()["detail"]
+
+
 def test_enrolled_photo_is_searchable_in_the_next_request(client):
     data = photo("cyan", 1)
     response = enroll(client, data, "cyan")
@@ -178,8 +209,10 @@ def ico_bytes() -> bytes:
 ], ids=["empty", "text", "truncated", "ico", "bomb"])
 def test_bad_images_get_clear_4xx(tiny_checkpoint, tmp_path, data, code, message):
     with running(tiny_checkpoint, tmp_path / "f", max_image_pixels=4_000_000) as c:
+        raw = {"content": data, "headers": {"Content-Type": "image/jpeg"}}
         for response in (c.post("/search", files=upload(data)), enroll(c, data, "x"),
-                         c.post("/classify", files=upload(data))):
+                         c.post("/classify", files=upload(data)), c.post("/search", **raw),
+                         c.post("/classify", **raw)):
             assert response.status_code == code, response.text
             assert message in response.json()["detail"]
 
@@ -192,6 +225,10 @@ def test_upload_over_the_size_limit_is_413(tiny_checkpoint, tmp_path):
                  max_files_per_enroll=2) as c:
         r = c.post("/search", files=upload(big))
         assert r.status_code == 413 and "limit" in r.json()["detail"]
+        r = c.post("/search", content=big, headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        r = c.post("/search", content=big[:60_000], headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and "0.05 MB limit" in r.json()["detail"]
         small = [("file", (f"{i}.jpg", photo("red", i), "image/jpeg")) for i in range(3)]
         r = c.post("/enroll", files=small, data={"label": "x"})
         assert r.status_code == 413 and "at most 2 files" in r.json()["detail"]

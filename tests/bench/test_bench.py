@@ -43,10 +43,14 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
         assert len(answer["results"]) == 5
         assert answer["results"][0]["label"] == "red" and answer["results"][0]["score"] > 0.999
         requests = [search_request(query, port)]
+        raw = asyncio.run(one(search_request(query, port, raw=True)))
+        assert raw["results"] == answer["results"]
         calls = []
-        latencies, bare = asyncio.run(search_latencies(port, requests, 4,
-                                                       lambda: calls.append(1), blocks=2))
-        assert len(latencies) == len(bare) == 4 and all(0 < t < 30 for t in latencies)
+        latencies, bare = asyncio.run(search_latencies(
+            port, {"multipart": requests, "raw": [search_request(query, port, raw=True)]}, 4,
+            lambda: calls.append(1), blocks=2))
+        assert len(latencies["multipart"]) == len(latencies["raw"]) == len(bare) == 4
+        assert all(0 < t < 30 for t in latencies["multipart"] + latencies["raw"])
         assert len(calls) == 4 + 2 * 2  # blocks of bare calls beside the requests, warm-ups
         window = asyncio.run(search_throughput(port, requests, 3, 1.0, warm_s=0.3,
                                                server_pid=server.pid))
@@ -185,10 +189,11 @@ def test_fp32_onnx_is_timed_beside_an_int8_service_and_the_issue_ratios(tiny_che
         out["onnx_fp32_b32_images_per_s"] / out["eager_fp32_b32_images_per_s"])
     results = {"embedding": {"eager_fp32_b32_images_per_s": 20.0},
                "search": {"throughput_16_clients_per_s": 170.0, "p50_ms": 9.5,
-                          "paired_bare_call_ms": 6.0}}
+                          "p50_raw_body_ms": 8.75, "paired_bare_call_ms": 6.0}}
     add_ratios(results)
     assert results["search"]["throughput_16_over_eager_b32"] == pytest.approx(8.5)
     assert results["search"]["p50_overhead_ms"] == pytest.approx(3.5)
+    assert results["search"]["p50_overhead_raw_body_ms"] == pytest.approx(2.75)
 
 
 def test_postgres_search_bench_measures_exact_hnsw_and_faiss_on_a_real_server():

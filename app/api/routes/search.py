@@ -6,7 +6,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import GalleryDep, PhotoDep, ReadAccess, SettingsDep
+from app.api.deps import PHOTO_BODY, GalleryDep, PhotoDep, ReadAccess, SettingsDep
 from app.api.errors import error_responses
 from app.schemas import Classification, LabelScore, SearchHit, SearchResults
 from app.services.gallery import Gallery
@@ -34,6 +34,7 @@ async def ask(gallery: Gallery, question: Callable[[], T]) -> T:
 
 
 @router.post("/search", response_model=SearchResults, responses=UPLOAD_ERRORS,
+             openapi_extra=PHOTO_BODY,
              summary="The k gallery photos most similar to an uploaded photo")
 async def search(
     photo: PhotoDep,
@@ -49,7 +50,7 @@ async def search(
 
 
 @router.post("/classify", response_model=Classification, responses=UPLOAD_ERRORS,
-             summary="The label of an uploaded photo, or 'unknown'")
+             openapi_extra=PHOTO_BODY, summary="The label of an uploaded photo, or 'unknown'")
 async def classify(photo: PhotoDep, gallery: GalleryDep,
                    settings: SettingsDep) -> Classification:
     """Compares the photo with each label's prototype (the normalised mean of its
