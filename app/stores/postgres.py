@@ -107,6 +107,9 @@ def migrate(conninfo: str) -> tuple[int, int]:
         return current, len(MIGRATIONS)
 
 
+SIZE_TTL_S = 5.0  # how long a replica trusts its count of the gallery for the search plan
+
+
 class PostgresStore(GalleryStore):
     reads_in_memory = False
 
@@ -132,6 +135,10 @@ class PostgresStore(GalleryStore):
         # vectors cast to their dimension (the column holds vectors of any checkpoint).
         self._cast = sql.SQL("(e.vector::vector({}))").format(sql.Literal(dim))
         self._only_this = sql.SQL("e.fingerprint = {}").format(sql.Literal(fingerprint))
+        # The gallery's size as last counted, and when: it only chooses exact or HNSW search
+        # (both correct), so a few seconds' staleness saves a query per search.
+        self._size: tuple[float, int] | None = None
+        self.clock: Callable[[], float] = time.monotonic
 
     # Connections -------------------------------------------------------------------------
     @contextmanager
@@ -267,10 +274,8 @@ class PostgresStore(GalleryStore):
                     "ORDER BY e.vector <#> %(q)s, i.id LIMIT %(k)s",
                     {"q": query, "fp": self.fingerprint, "label": label, "k": k}).fetchall()
             else:
-                total = conn.execute("SELECT coalesce(sum(count), 0) FROM label_stats WHERE "
-                                     "fingerprint = %s", (self.fingerprint,)).fetchone()
                 # The cast matches the HNSW index's expression; without it, an exact scan.
-                distance = (self._cast if total and total[0] >= self.exact_search_below
+                distance = (self._cast if self._gallery_size(conn) >= self.exact_search_below
                             else sql.SQL("e.vector"))
                 rows = conn.execute(sql.SQL(
                     "SELECT {item}, -(e.vector <#> %(q)s) FROM embeddings e JOIN items i ON "
@@ -278,6 +283,14 @@ class PostgresStore(GalleryStore):
                         item=sql.SQL(ITEM), only=self._only_this, d=distance),
                     {"q": query, "k": k}).fetchall()
         return [Hit(Item(*row[:8]), float(row[8])) for row in rows]
+
+    def _gallery_size(self, conn: psycopg.Connection) -> int:
+        now = self.clock()
+        if self._size is None or now - self._size[0] > SIZE_TTL_S:
+            row = conn.execute("SELECT coalesce(sum(count), 0) FROM label_stats WHERE "
+                               "fingerprint = %s", (self.fingerprint,)).fetchone()
+            self._size = (now, int(row[0]) if row else 0)
+        return self._size[1]
 
     def read_photo(self, item: Item) -> bytes | None:
         with self._connection() as conn:

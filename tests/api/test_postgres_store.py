@@ -4,6 +4,7 @@ every write, and /consistency finds sums that do not match the embeddings."""
 import numpy as np
 import psycopg
 
+from app.stores import postgres
 from app.stores.base import NewPhoto
 from app.stores.postgres import PostgresStore
 
@@ -32,6 +33,23 @@ def test_hnsw_finds_what_the_exact_scan_finds(database_url):
     assert approx == exact
     expected = np.argsort(-(vectors @ queries[0]))[:5] + 1  # ids count from 1
     assert exact[0] == expected.tolist()
+    store.close()
+
+
+def test_the_search_plan_recounts_the_gallery_at_most_every_few_seconds(database_url):
+    store, _ = filled(database_url)
+    now = [100.0]
+    store.clock = lambda: now[0]
+    query = unit_rows(1, 8, 1)[0]
+    store.search(query, 5)
+    more = [NewPhoto("l0", f"{i:064x}", "enrolled", "", ".jpg", 1, 1, b"y%d" % i)
+            for i in range(100, 103)]
+    store.add(more, unit_rows(3, 8, 2))
+    assert len(store.search(query, 100)) == 63  # the new items are found at once ...
+    assert store._gallery_size(None) == 60  # ... while the count is the one of 100.0 s
+    now[0] += postgres.SIZE_TTL_S + 0.1
+    store.search(query, 5)
+    assert store._gallery_size(None) == 63
     store.close()
 
 
