@@ -77,8 +77,7 @@ class EmbeddedPhoto:
 
 
 # The photo of /search and /classify: a multipart field ``file`` (browsers, most clients) or
-# the request body itself with an image content type (``curl --data-binary``), which skips
-# multipart parsing (~0.9 ms a request, docs/performance.md).
+# the request body itself with an image content type (``curl --data-binary``).
 PHOTO_FIELD = "file"
 RAW_PHOTO_TYPES = ("image/", "application/octet-stream")
 PHOTO_BODY: dict[str, object] = {"requestBody": {"required": True, "content": {
