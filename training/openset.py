@@ -219,9 +219,7 @@ def threshold_and_confidence(scored: dict[int, list[SplitScores]]
                              ) -> tuple[float, float, tuple[float, ...]]:
     """From splits scored for each K: the threshold with the best mean balanced accuracy
     over the K's, that accuracy, and the confidence: a logistic fit of "the best label is
-    right" on the score and the margin, over the queries of known kinds, of new kinds and
-    of unknowns (never right), each of the three weighing as much in every K (the unknown
-    kinds and the other domain half each)."""
+    right" on the score and the margin over every kind of query (:func:`query_kinds`)."""
     pooled = [np.concatenate([np.concatenate([s.new.score, s.unknown.score]) for s in splits])
               for splits in scored.values()]
     candidates = np.unique(np.quantile(np.concatenate(pooled), np.linspace(0, 1, 401)))
@@ -234,35 +232,38 @@ def threshold_and_confidence(scored: dict[int, list[SplitScores]]
                               for splits in per_k for new, right, unknown, other in splits]))
 
     best = float(max(candidates, key=balanced))
-    groups = []  # (answers, right, weight of the group)
-    for splits in scored.values():
-        share = 1.0 / len(splits)
-        for s in splits:
-            groups += [(s.known, s.known.label == s.known_truth, share),
-                       (s.new, s.new.label == s.new_truth, share),
-                       (s.unknown, np.zeros(len(s.unknown.score), bool), share / 2),
-                       (s.other, np.zeros(len(s.other.score), bool), share / 2)]
-    groups = [g for g in groups if len(g[1])]
+    groups = [(answers, right, weight / len(splits))  # every K weighs the same
+              for splits in scored.values() for s in splits
+              for _, answers, right, weight in query_kinds(s) if len(right)]
     features = np.concatenate([np.stack([a.score, a.margin], 1) for a, _, _ in groups])
     right = np.concatenate([r for _, r, _ in groups])
     weights = np.concatenate([np.full(len(r), w / len(r)) for _, r, w in groups])
     return round(best, 4), balanced(best), fit_logistic(features, right, weights)
 
 
+def query_kinds(s: SplitScores) -> list[tuple[str, Answers, np.ndarray, float]]:
+    """A split's kinds of query: (name, answers, whether each best label is right, the
+    kind's weight in the confidence fit: known, new and unknown alike, the unknown kinds
+    and the other domain half each)."""
+    return [("known", s.known, s.known.label == s.known_truth, 1.0),
+            ("new", s.new, s.new.label == s.new_truth, 1.0),
+            ("unknown", s.unknown, np.zeros(len(s.unknown.score), bool), 0.5),
+            ("other_domain", s.other, np.zeros(len(s.other.score), bool), 0.5)]
+
+
 def confidence_by_group(splits: list[SplitScores],
                         calibration: ShotCalibration) -> dict[str, dict[str, float]]:
     """Per kind of query: the mean confidence of its best label, and how often that label
     is right (a calibrated confidence keeps the two close)."""
-    groups = {"known": [(s.known, s.known.label == s.known_truth) for s in splits],
-              "new": [(s.new, s.new.label == s.new_truth) for s in splits],
-              "unknown": [(s.unknown, np.zeros(len(s.unknown.score), bool)) for s in splits],
-              "other_domain": [(s.other, np.zeros(len(s.other.score), bool)) for s in splits]}
     report = {}
-    for name, parts in groups.items():
-        confidence = np.concatenate([calibration.confidence(a.score, a.margin) for a, _ in parts])
-        if len(confidence):
-            report[name] = {"mean_confidence": float(confidence.mean()),
-                            "right": float(np.concatenate([r for _, r in parts]).mean())}
+    for kind in ("known", "new", "unknown", "other_domain"):
+        parts = [(a, r) for s in splits for name, a, r, _ in query_kinds(s) if name == kind]
+        right = np.concatenate([r for _, r in parts])
+        if len(right):
+            confidence = np.concatenate([calibration.confidence(a.score, a.margin)
+                                         for a, _ in parts])
+            report[kind] = {"mean_confidence": float(confidence.mean()),
+                            "right": float(right.mean())}
     return report
 
 
