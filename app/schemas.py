@@ -52,8 +52,9 @@ class Classification(BaseModel):
                          "its cosine standardised by its number of photos (0 = a typical "
                          "genuine match); otherwise the cosine")
     confidence: float | None = Field(
-        description="calibrated probability that the label is right (None: the checkpoint "
-        "carries no calibration)")
+        description="calibrated probability that closest_label is right, from the score and "
+        "the margin; the answer itself is 'unknown' whenever the score is below the threshold, "
+        "whatever the confidence (None: the checkpoint carries no calibration)")
     rule: str = Field(description="'shot-calibrated' or 'cosine'")
     threshold: float
     margin: float = Field(description="the best label's score minus the runner-up's (with "
