@@ -60,6 +60,14 @@ class ShotCalibration:
         return 1.0 / (1.0 + np.exp(-(a * np.asarray(z) + c * np.asarray(margin) + b)))
 
 
+COSINE_THRESHOLD = 0.89  # the unknown threshold on plain cosines (no calibration)
+
+
+def unknown_threshold(calibration: ShotCalibration | None) -> float:
+    """The threshold of the rule in use: the calibration's, else the plain-cosine one."""
+    return calibration.threshold if calibration else COSINE_THRESHOLD
+
+
 def shot_calibration(extra: dict) -> ShotCalibration | None:
     """The calibration a checkpoint's metadata carries (``extra["openset"]``), if any."""
     raw = extra.get("openset")
@@ -74,6 +82,21 @@ class Ranking:
     scores: np.ndarray  # the rule's score (z with a calibration, else cosine)
     cosines: np.ndarray
     counts: np.ndarray
+
+    @property
+    def margin(self) -> float:
+        """The best label's score over the runner-up's (see :func:`best_with_margin`)."""
+        return float(best_with_margin(self.scores[None])[2][0])
+
+
+def best_with_margin(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of (Q, L) scores: the best column, its score, and its margin over the
+    runner-up's score (with one label, over 0: the score itself)."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :2]
+    rows = np.arange(len(scores))
+    top = scores[rows, order[:, 0]]
+    runner_up = scores[rows, order[:, 1]] if scores.shape[1] > 1 else np.zeros_like(top)
+    return order[:, 0], top, top - runner_up
 
 
 def score_labels(queries: np.ndarray, sums: np.ndarray, counts: np.ndarray,

@@ -34,7 +34,14 @@ from PIL import Image, ImageDraw
 
 from models.base import Embedder, embed_images
 from models.checkpoint import load_checkpoint, set_checkpoint_extra
-from models.decision import ShotCalibration, fit_logistic, score_labels, shot_calibration
+from models.decision import (
+    ShotCalibration,
+    best_with_margin,
+    fit_logistic,
+    score_labels,
+    shot_calibration,
+    unknown_threshold,
+)
 from models.preprocessing import class_folder_images
 from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list, scan_image_folder
@@ -78,11 +85,8 @@ class Answers:
 def best_answers(queries: np.ndarray, sums: np.ndarray, counts: np.ndarray, labels: list[str],
                  calibration: ShotCalibration | None) -> Answers:
     scores, _ = score_labels(queries, sums, counts, calibration)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :2]
-    rows = np.arange(len(queries))
-    top = scores[rows, order[:, 0]]
-    runner_up = scores[rows, order[:, 1]] if scores.shape[1] > 1 else np.zeros_like(top)
-    return Answers(np.array(labels, dtype=object)[order[:, 0]], top, top - runner_up)
+    best, top, margin = best_with_margin(scores)
+    return Answers(np.array(labels, dtype=object)[best], top, margin)
 
 
 @dataclass
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--splits", type=int, default=5)
     p.add_argument("--raw", action="store_true", help="plain cosines, no shot calibration")
     p.add_argument("--threshold", type=float,
-                   help="default: the calibration's, or 0.89 on plain cosines")
+                   help="default: the calibration's, or the plain-cosine one (models/decision.py)")
     p.add_argument("--other-domain", type=Path, help="<class>/* photos that are all unknown")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="auto")
     p.add_argument("--cache", type=Path, help="reuse embeddings across runs")
@@ -308,8 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     opened = open_embedder(loaded, args.runtime, "cpu")
     embedder, fingerprint = opened.embedder, opened.fingerprint
     calibration = None if args.raw else shot_calibration(loaded.meta.extra)
-    threshold = args.threshold if args.threshold is not None else (
-        calibration.threshold if calibration else 0.89)
+    threshold = args.threshold if args.threshold is not None else unknown_threshold(calibration)
 
     def embed(folder: ImageFolder) -> np.ndarray:
         return embed_folder_cached(embedder, folder, args.cache, fingerprint)

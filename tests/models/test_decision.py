@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from models.decision import ShotCalibration, fit_logistic, rank, score_labels
+from models.decision import (
+    ShotCalibration,
+    best_with_margin,
+    fit_logistic,
+    rank,
+    score_labels,
+    unknown_threshold,
+)
 
 CAL = ShotCalibration(shots=(1, 4, 16), mean=(0.6, 0.8, 0.9), std=(0.1, 0.05, 0.05),
                       threshold=-1.0, logistic=(2.0, 0.5, 1.0))
@@ -69,3 +76,20 @@ def test_weights_count_like_repeated_samples():
 
 def test_calibration_round_trips_through_a_dict():
     assert ShotCalibration.from_dict(CAL.to_dict()) == CAL
+
+
+def test_the_margin_is_over_the_runner_up_or_over_zero_with_one_label():
+    best, top, margin = best_with_margin(np.array([[0.2, 0.9, 0.5], [-1.0, -3.0, -2.0]]))
+    assert best.tolist() == [1, 0]
+    np.testing.assert_allclose(top, [0.9, -1.0])
+    np.testing.assert_allclose(margin, [0.4, 1.0])
+    _, _, alone = best_with_margin(np.array([[0.7]]))
+    np.testing.assert_allclose(alone, [0.7])
+    ranking = rank(np.array([1.0, 0.0]), ["a", "b"], np.array([[1.0, 0.0], [0.6, 0.8]]),
+                   np.array([1, 1]), None)
+    assert ranking.margin == pytest.approx(1.0 - 0.6)
+
+
+def test_the_threshold_is_the_calibrations_else_the_plain_cosine_one():
+    assert unknown_threshold(CAL) == -1.0
+    assert unknown_threshold(None) == 0.89

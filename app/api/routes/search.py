@@ -10,10 +10,9 @@ from app.api.deps import PHOTO_BODY, GalleryDep, PhotoDep, ReadAccess, SettingsD
 from app.api.errors import error_responses
 from app.schemas import Classification, LabelScore, SearchHit, SearchResults
 from app.services.gallery import Gallery
-from models.decision import ShotCalibration
+from models.decision import ShotCalibration, unknown_threshold
 
 T = TypeVar("T")
-DEFAULT_COSINE_THRESHOLD = 0.89  # for checkpoints without a calibration
 
 
 def rule_name(calibration: ShotCalibration | None) -> str:
@@ -60,14 +59,14 @@ async def classify(photo: PhotoDep, gallery: GalleryDep,
     calibration = gallery.calibration
     threshold = settings.classify_threshold
     if threshold is None:
-        threshold = calibration.threshold if calibration else DEFAULT_COSINE_THRESHOLD
+        threshold = unknown_threshold(calibration)
     if not ranked.labels:
         return Classification(label="unknown", score=-1.0, confidence=None,
                               rule=rule_name(calibration), threshold=threshold, margin=0.0,
                               closest_label=None, matches=[], candidates=[],
                               took_ms=photo.took_ms)
     best_label, best_score = ranked.labels[0], float(ranked.scores[0])
-    margin = best_score - float(ranked.scores[1]) if len(ranked.labels) > 1 else best_score
+    margin = ranked.margin
     matches = await ask(gallery, lambda: gallery.best_of_label(photo.vector, best_label, 3))
     return Classification(
         label=best_label if best_score >= threshold else "unknown",
