@@ -111,7 +111,10 @@ class EmbeddedStore(GalleryStore):
             return None
 
     def missing_photos(self) -> list[int]:
-        return [i.id for i in self.db.all_items() if not self.db.image_path(i).is_file()]
+        return self._without_photo(self.db.all_items())
+
+    def _without_photo(self, items: list[Item]) -> list[int]:
+        return [i.id for i in items if not self.db.image_path(i).is_file()]
 
     def check(self) -> dict[str, object]:
         with self._mutate:  # no change between the two readings
@@ -138,7 +141,7 @@ class EmbeddedStore(GalleryStore):
             "served_not_indexed": sorted(served ^ indexed),
             "label_mismatches": label_mismatches(counts, sums, expected_counts, expected_sums),
             "without_embedding": sorted(set(by_id) - embedded),
-            "missing_photos": [i.id for i in items if not self.db.image_path(i).is_file()],
+            "missing_photos": self._without_photo(items),
         }
 
     # Writes ------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ MIGRATIONS: list[str] = [
 MIGRATION_LOCK, STARTUP_LOCK = 0x46534731, 0x46534732  # advisory lock keys ("FSG1", "FSG2")
 RETRIED = (errors.SerializationFailure, errors.DeadlockDetected, errors.ForeignKeyViolation)
 ITEM = "i.id, i.label, i.sha256, i.source, i.path, i.width, i.height, i.created_at"
+FIND_ITEM = f"SELECT {ITEM} FROM items i WHERE label = %s AND sha256 = %s"
 
 
 def migrate(conninfo: str) -> tuple[int, int]:
@@ -239,8 +240,7 @@ class PostgresStore(GalleryStore):
         return found[0] if found else None
 
     def find(self, label: str, sha256: str) -> Item | None:
-        found = self._items(f"SELECT {ITEM} FROM items i WHERE label = %s AND sha256 = %s",
-                            (label, sha256))
+        found = self._items(FIND_ITEM, (label, sha256))
         return found[0] if found else None
 
     def list_items(self, label: str | None = None) -> list[Item]:
@@ -251,8 +251,11 @@ class PostgresStore(GalleryStore):
 
     def count(self) -> int:
         with self._connection() as conn:
-            row = conn.execute("SELECT coalesce(sum(count), 0) FROM label_stats WHERE "
-                               "fingerprint = %s", (self.fingerprint,)).fetchone()
+            return self._count(conn)
+
+    def _count(self, conn: psycopg.Connection) -> int:
+        row = conn.execute("SELECT coalesce(sum(count), 0) FROM label_stats WHERE "
+                           "fingerprint = %s", (self.fingerprint,)).fetchone()
         return int(row[0]) if row else 0
 
     def label_stats(self) -> LabelStats:
@@ -287,9 +290,7 @@ class PostgresStore(GalleryStore):
     def _gallery_size(self, conn: psycopg.Connection) -> int:
         now = self.clock()
         if self._size is None or now - self._size[0] > SIZE_TTL_S:
-            row = conn.execute("SELECT coalesce(sum(count), 0) FROM label_stats WHERE "
-                               "fingerprint = %s", (self.fingerprint,)).fetchone()
-            self._size = (now, int(row[0]) if row else 0)
+            self._size = (now, self._count(conn))
         return self._size[1]
 
     def read_photo(self, item: Item) -> bytes | None:
@@ -348,9 +349,7 @@ class PostgresStore(GalleryStore):
                     (photo.label, photo.sha256, photo.source, path, photo.width,
                      photo.height, now)).fetchone()
                 if row is None:
-                    existing = conn.execute(f"SELECT {ITEM} FROM items i WHERE label = %s AND "
-                                            "sha256 = %s", (photo.label, photo.sha256)
-                                            ).fetchone()
+                    existing = conn.execute(FIND_ITEM, (photo.label, photo.sha256)).fetchone()
                     assert existing is not None
                     results[position] = (Item(*existing), False)
                     continue
