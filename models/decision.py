@@ -68,6 +68,10 @@ def unknown_threshold(calibration: ShotCalibration | None) -> float:
     return calibration.threshold if calibration else COSINE_THRESHOLD
 
 
+def rule_name(calibration: ShotCalibration | None) -> str:
+    return "shot-calibrated" if calibration else "cosine"
+
+
 def shot_calibration(extra: dict) -> ShotCalibration | None:
     """The calibration a checkpoint's metadata carries (``extra["openset"]``), if any."""
     raw = extra.get("openset")

@@ -14,9 +14,9 @@ the photos they are compared with from ``--queries`` (another session of the sam
    these classes (seeded splits: some classes in the gallery, some enrolled from 1 and 5
    shots, the rest unknown, plus synthetic other-domain scenes). The threshold maximises
    the mean of the 1- and 5-shot balanced accuracies; the confidence is a logistic fit of
-   "the answer is right" on the calibrated score. Classes the encoder trained on are
-   easier to tell apart than new ones, so this threshold is a fallback: the one to ship is
-   chosen on classes the encoder never saw (``training.openset --write-threshold``).
+   "the best label is right" on the calibrated score and the margin. Classes the encoder
+   trained on are easier to tell apart than new ones, so this threshold is a fallback: the
+   one to ship is chosen on classes the encoder never saw (``training.openset --write-threshold``).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     vectors = class_vectors(embed, args.gallery, args.queries, classes)
     rng = np.random.default_rng(0)
     means, stds = shot_statistics(vectors, rng)
-    stats = ShotCalibration(SHOTS, tuple(means), tuple(stds), 0.0, (1.0, 0.0))
+    stats = ShotCalibration(SHOTS, tuple(means), tuple(stds), 0.0, (1.0, 0.0, 0.0))
     other, _ = other_domain(opened.embedder, embed, None)
     simulated = {}
     for shots in (1, 5):

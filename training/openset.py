@@ -38,6 +38,7 @@ from models.decision import (
     ShotCalibration,
     best_with_margin,
     fit_logistic,
+    rule_name,
     score_labels,
     shot_calibration,
     unknown_threshold,
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     vectors = class_vectors(embed, args.gallery, args.queries, heldout)
     other, other_source = other_domain(embedder, embed, args.other_domain)
     results: dict = {"checkpoint": args.checkpoint, "runtime": embedder.name,
-                     "rule": "shot-calibrated" if calibration else "cosine",
+                     "rule": rule_name(calibration),
                      "threshold": threshold, "heldout": heldout,
                      "gallery_classes": len(gallery.labels), "other_domain": other_source,
                      "splits": args.splits}

@@ -10,13 +10,9 @@ from app.api.deps import PHOTO_BODY, GalleryDep, PhotoDep, ReadAccess, SettingsD
 from app.api.errors import error_responses
 from app.schemas import Classification, LabelScore, SearchHit, SearchResults
 from app.services.gallery import Gallery
-from models.decision import ShotCalibration, unknown_threshold
+from models.decision import rule_name, unknown_threshold
 
 T = TypeVar("T")
-
-
-def rule_name(calibration: ShotCalibration | None) -> str:
-    return "shot-calibrated" if calibration else "cosine"
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
