@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 
 from bench.embedding import SideBySide, runtime_device
-from bench.harness import Service, free_port, process_cpu_s, timed
+from bench.harness import Service, process_cpu_s, timed
 from models.base import Embedder
 
 LOAD_ROUNDS = 9  # rounds of 16-client load, each after batch-32 timings of its own
@@ -157,11 +157,11 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
     size = runtime.preprocessing.image_size
     one, batch = np.zeros((1, 3, size, size), np.float32), np.zeros((32, 3, size, size),
                                                                     np.float32)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    spec = Service(checkpoint, work / "startup-data", gallery)
+    port = spec.port
     requests = [search_request(query, port) for query in queries]
     raw_requests = [search_request(query, port, raw=True) for query in queries]
-    with Service(checkpoint, work / "startup-data", gallery, port=port).run() as server:
+    with spec.run() as server:
         latencies, bare = asyncio.run(search_latencies(
             port, {"multipart": requests, "raw": raw_requests}, 100,
             lambda: runtime.embed_batch(one)))
@@ -199,7 +199,7 @@ def bench_search(gallery: Path, checkpoint: str, work: Path, queries: list[bytes
         if None not in server_cpu:
             result["server_cpu_ms_per_request"] = sum(server_cpu) * 1000 / answered
         # Enrolment latency as the gallery grows.
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=spec.url, timeout=60) as client:
             latencies = []
             for i in range(200):
                 data = queries[i % len(queries)]

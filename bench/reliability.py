@@ -115,7 +115,7 @@ def soak(work: Path, checkpoint: str, seconds: float, clients: int = 16) -> dict
     deleted: set[int] = set()
     statuses: dict[str, dict[int, int]] = {}
     duplicates: list[str] = []
-    stop = time.monotonic() + seconds
+    stop = 0.0  # when the load ends: set once the service is ready
 
     def count(kind: str, code: int) -> None:
         with lock:
@@ -176,6 +176,7 @@ def soak(work: Path, checkpoint: str, seconds: float, clients: int = 16) -> dict
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.monotonic()
+        stop = started + seconds  # the load's own seconds, not counting the start-up
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(client, range(clients)))
         sampler_stop.set()
