@@ -1,4 +1,5 @@
-"""Losses: the triplet margin loss, and a similarity-preserving regulariser."""
+"""Losses: the triplet margin loss, the multi-similarity loss, and a similarity-preserving
+regulariser."""
 
 from __future__ import annotations
 
@@ -26,6 +27,42 @@ def mined_triplet_loss(
 ) -> tuple[torch.Tensor, float]:
     a, p, n = triplets
     return triplet_margin_loss(embeddings[a], embeddings[p], embeddings[n], margin)
+
+
+def multi_similarity_loss(
+    embeddings: torch.Tensor, labels: torch.Tensor, alpha: float = 2.0, beta: float = 50.0,
+    base: float = 0.5, epsilon: float = 0.1,
+) -> tuple[torch.Tensor, float]:
+    """Multi-similarity loss (Wang et al. 2019) over every pair of a batch, on cosines S.
+
+    Each anchor keeps the negatives with S_an + epsilon > its least similar positive and the
+    positives with S_ap - epsilon < its most similar negative, then pays
+    log(1 + sum exp(-alpha (S_ap - base))) / alpha + log(1 + sum exp(beta (S_an - base))) / beta.
+    Weighing every informative pair, not one triplet per anchor, is what the paper credits
+    for its transfer to unseen classes. Returns the mean over anchors and the share of
+    anchors that kept a pair.
+    """
+    n = len(labels)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=labels.device)
+    positive, negative = same & ~eye, ~same
+    valid = positive.any(1) & negative.any(1)
+    if not bool(valid.any()):
+        return embeddings.sum() * 0.0, 0.0
+    sim = embeddings.float() @ embeddings.float().T
+    with torch.no_grad():
+        least_positive = sim.masked_fill(~positive, float("inf")).amin(1, keepdim=True)
+        most_negative = sim.masked_fill(~negative, float("-inf")).amax(1, keepdim=True)
+        kept_negative = negative & (sim + epsilon > least_positive)
+        kept_positive = positive & (sim - epsilon < most_negative)
+    zero = sim.new_zeros(n, 1)
+    pos_term = torch.cat([zero, (-alpha * (sim - base)).masked_fill(~kept_positive,
+                                                                     float("-inf"))], 1)
+    neg_term = torch.cat([zero, (beta * (sim - base)).masked_fill(~kept_negative,
+                                                                   float("-inf"))], 1)
+    per_anchor = pos_term.logsumexp(1) / alpha + neg_term.logsumexp(1) / beta
+    kept = (kept_positive.any(1) | kept_negative.any(1)) & valid
+    return per_anchor[valid].mean(), float(kept[valid].float().mean())
 
 
 def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

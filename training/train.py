@@ -37,7 +37,11 @@ from training.data import (
     split_dir,
 )
 from training.embedding import default_workers, embed_folder
-from training.losses import mined_triplet_loss, similarity_distillation_loss
+from training.losses import (
+    mined_triplet_loss,
+    multi_similarity_loss,
+    similarity_distillation_loss,
+)
 from training.metrics import retrieval_metrics
 from training.miners import batch_hard, random_triplets, semi_hard
 from training.samplers import PKSampler
@@ -61,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--p", type=int, default=16, help="classes per batch")
     p.add_argument("--k", type=int, default=4, help="images per class per batch")
+    p.add_argument("--loss", choices=["triplet", "multi-similarity"], default="triplet",
+                   help="multi-similarity weighs every informative pair of a P x K batch and "
+                        "does its own mining (--mining and --margin are for triplet)")
     p.add_argument("--mining", choices=["batch-hard", "semi-hard", "offline"],
                    default="batch-hard")
     p.add_argument("--margin", type=float, default=0.2)
@@ -261,8 +268,9 @@ def train_one_epoch(encoder: Encoder, loader: DataLoader, optimizer: torch.optim
                     scaler: torch.amp.GradScaler, schedule: Schedule, step: int,
                     args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None,
                     teacher: Encoder | None, desc: str) -> tuple[dict[str, float], int]:
-    """One pass over ``loader``: mine triplets in each batch, step. Returns the epoch's mean
-    loss, share of active triplets and distillation loss, and the next step number."""
+    """One pass over ``loader``: mine triplets (or weigh all pairs) in each batch, step.
+    Returns the epoch's mean loss, share of active triplets (or anchors) and distillation
+    loss, and the next step number."""
     sums = {"loss": 0.0, "active": 0.0, "distill": 0.0}
     bar = tqdm(loader, desc=desc, unit="batch")
     for batch in bar:
@@ -283,11 +291,14 @@ def train_one_epoch(encoder: Encoder, loader: DataLoader, optimizer: torch.optim
             if teacher is not None:
                 with torch.no_grad():
                     teacher_embeddings = teacher(images)
-        if args.mining == "batch-hard":
-            mined = batch_hard(embeddings, labels)
-        elif args.mining == "semi-hard":
-            mined = semi_hard(embeddings, labels, args.margin)
-        loss, active = mined_triplet_loss(embeddings, mined, args.margin)
+        if args.loss == "multi-similarity":
+            loss, active = multi_similarity_loss(embeddings, labels)
+        else:
+            if args.mining == "batch-hard":
+                mined = batch_hard(embeddings, labels)
+            elif args.mining == "semi-hard":
+                mined = semi_hard(embeddings, labels, args.margin)
+            loss, active = mined_triplet_loss(embeddings, mined, args.margin)
         if teacher_embeddings is not None:
             distill = similarity_distillation_loss(embeddings, teacher_embeddings)
             loss = loss + args.distill_weight * distill
@@ -333,6 +344,8 @@ class ResumeState:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.loss == "multi-similarity" and args.mining == "offline":
+        raise SystemExit("--loss multi-similarity needs P x K batches, not --mining offline")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     random.seed(args.seed)
     np.random.seed(args.seed)

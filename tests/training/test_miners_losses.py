@@ -3,7 +3,11 @@ import math
 import pytest
 import torch
 
-from training.losses import similarity_distillation_loss, triplet_margin_loss
+from training.losses import (
+    multi_similarity_loss,
+    similarity_distillation_loss,
+    triplet_margin_loss,
+)
 from training.miners import batch_hard, pairwise_distances, random_triplets, semi_hard
 
 
@@ -85,3 +89,40 @@ def test_random_triplets_respect_labels():
     assert len(triplets) == 50
     for a, p, n in triplets:
         assert a != p and labels[a] == labels[p] and labels[n] != labels[a]
+
+
+def test_multi_similarity_loss_by_hand():
+    # Class 0 at 0 and 20 degrees, class 1 at 30 and 120 degrees.
+    emb = on_circle(0, 20, 30, 120)
+    loss, active = multi_similarity_loss(emb, torch.tensor([0, 0, 1, 1]), alpha=2.0, beta=50.0,
+                                         base=0.5, epsilon=0.1)
+    c = [math.cos(math.radians(d)) for d in (20, 30, 10, 90)]  # AB, AC, BC, CD
+
+    def pos(s: float) -> float:
+        return math.log1p(math.exp(-2 * (s - 0.5))) / 2
+
+    def neg(*s: float) -> float:
+        return math.log1p(sum(math.exp(50 * (x - 0.5)) for x in s)) / 50
+
+    # A and B keep each other and C (the 120-degree point is too far); C keeps D and both
+    # class-0 points; D's negatives are below its positive's cosine - 0.1: D keeps nothing.
+    by_anchor = [pos(c[0]) + neg(c[1]), pos(c[0]) + neg(c[2]), pos(c[3]) + neg(c[1], c[2]), 0]
+    assert loss.item() == pytest.approx(sum(by_anchor) / 4, rel=1e-5)
+    assert active == 0.75
+
+
+def test_multi_similarity_gradient_step_lowers_the_loss():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    labels = torch.arange(16) % 4
+    loss, _ = multi_similarity_loss(emb, labels)
+    loss.backward()
+    stepped = torch.nn.functional.normalize(emb.detach() - 0.05 * emb.grad, dim=1)
+    assert multi_similarity_loss(stepped, labels)[0].item() < loss.item()
+
+
+def test_multi_similarity_of_a_batch_without_positives_is_zero_with_a_gradient():
+    emb = on_circle(0, 90, 180).requires_grad_()
+    loss, active = multi_similarity_loss(emb, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert loss.item() == 0.0 and active == 0.0

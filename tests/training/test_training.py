@@ -64,6 +64,20 @@ def test_other_mining_modes_train(synthetic_folder, tmp_path, mining):
     assert len(result["history"]) == 1 and out.exists()
 
 
+def test_multi_similarity_loss_trains_and_is_recorded(synthetic_folder, tmp_path):
+    out = tmp_path / "enc.pt"
+    result = train.main(["--data", str(synthetic_folder), "--out", str(out), "--epochs", "4",
+                         "--p", "4", "--k", "4", "--steps-per-epoch", "4", "--lr", "3e-3",
+                         "--backbone-lr-mult", "1.0", "--seed", "1",
+                         "--loss", "multi-similarity", *TINY])
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < losses[0], losses
+    assert load_checkpoint(out).meta.train_args["loss"] == "multi-similarity"
+    with pytest.raises(SystemExit, match="P x K"):
+        train.main(["--data", str(synthetic_folder), "--out", str(out),
+                    "--loss", "multi-similarity", "--mining", "offline", *TINY])
+
+
 def test_resume_continues_where_it_stopped(synthetic_folder, tmp_path):
     out = tmp_path / "enc.pt"
     common = ["--data", str(synthetic_folder), "--out", str(out), "--steps-per-epoch", "2",
