@@ -88,6 +88,9 @@ MIGRATION_LOCK, STARTUP_LOCK = 0x46534731, 0x46534732  # advisory lock keys ("FS
 RETRIED = (errors.SerializationFailure, errors.DeadlockDetected, errors.ForeignKeyViolation)
 ITEM = "i.id, i.label, i.sha256, i.source, i.path, i.width, i.height, i.created_at"
 FIND_ITEM = f"SELECT {ITEM} FROM items i WHERE label = %s AND sha256 = %s"
+# Items this checkpoint has not embedded yet, by id; %s is the fingerprint.
+WITHOUT_EMBEDDING = ("FROM items i WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE "
+                     "e.item_id = i.id AND e.fingerprint = %s) ORDER BY i.id")
 
 
 def migrate(conninfo: str) -> tuple[int, int]:
@@ -213,10 +216,8 @@ class PostgresStore(GalleryStore):
         self._delete(items, tombstone=False)
 
     def missing_embedding(self, limit: int) -> list[Item]:
-        return self._items(
-            f"SELECT {ITEM} FROM items i WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE "
-            "e.item_id = i.id AND e.fingerprint = %s) ORDER BY i.id LIMIT %s",
-            (self.fingerprint, limit))
+        return self._items(f"SELECT {ITEM} {WITHOUT_EMBEDDING} LIMIT %s",
+                           (self.fingerprint, limit))
 
     def set_embeddings(self, ids: list[int], vectors: np.ndarray) -> None:
         def write(conn: psycopg.Connection) -> None:
@@ -308,10 +309,8 @@ class PostgresStore(GalleryStore):
             items = conn.execute("SELECT count(*) FROM items").fetchone()
             indexed = conn.execute("SELECT count(*) FROM embeddings WHERE fingerprint = %s",
                                    (self.fingerprint,)).fetchone()
-            without = conn.execute(
-                "SELECT i.id FROM items i WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE "
-                "e.item_id = i.id AND e.fingerprint = %s) ORDER BY i.id",
-                (self.fingerprint,)).fetchall()
+            without = conn.execute(f"SELECT i.id {WITHOUT_EMBEDDING}",
+                                   (self.fingerprint,)).fetchall()
             mismatched = conn.execute(
                 "SELECT coalesce(s.label, x.label) FROM (SELECT label, count, sum FROM "
                 "label_stats WHERE fingerprint = %(fp)s) s FULL JOIN (SELECT i.label, count(*) "
