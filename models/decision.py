@@ -3,10 +3,13 @@
 A label's score is the cosine of the query to its prototype (the normalised sum of its
 embeddings). Labels with many photos have prototypes that sit closer to everything, so raw
 cosines favour them over a label enrolled from one shot. With a calibration, each label's
-cosine is standardised by what a genuine match scores against a prototype of that many
-shots: ``z = (cosine - mean(n)) / std(n)``, ``mean`` and ``std`` measured on classes the
-checkpoint's own calibration saw (``python -m training.calibrate``) and interpolated in
-log n. The best label wins; below ``threshold`` (on ``z``) the answer is ``unknown``.
+cosine is standardised by what a prototype of that many shots scores against the photos of
+*other* classes nearest to it (its nearest impostors, as score normalisation does in speaker
+verification): ``z = (cosine - mean(n)) / std(n)``, ``mean`` and ``std`` measured on
+classes the checkpoint's own calibration saw (``python -m training.calibrate``) and
+interpolated in log n. Files calibrated before measured a genuine match's cosine instead
+(``statistic`` "genuine"); the formula is the same. The best label wins; below
+``threshold`` (on ``z``) the answer is ``unknown``.
 ``confidence`` is a logistic fit of "the best label is right" on ``z`` and on the margin to
 the runner-up's ``z``. Without a calibration the score is the raw cosine.
 """
@@ -23,16 +26,19 @@ from models.prototypes import prototypes
 @dataclass(frozen=True)
 class ShotCalibration:
     shots: tuple[int, ...]  # increasing shot counts the statistics were measured at
-    mean: tuple[float, ...]  # mean cosine of a genuine match, per shot count
+    mean: tuple[float, ...]  # mean cosine of the measured statistic, per shot count
     std: tuple[float, ...]
     threshold: float  # on z: below it, "unknown"
     # confidence = sigmoid(a * z + c * margin + b), stored as (a, c, b); files with (a, b)
     # predate the margin term and read as c = 0
     logistic: tuple[float, float, float]
+    # "impostor": the nearest other-class photos' cosines; "genuine": same-class photos'
+    statistic: str = "impostor"
 
     def to_dict(self) -> dict[str, object]:
         return {"shots": list(self.shots), "mean": list(self.mean), "std": list(self.std),
-                "threshold": self.threshold, "logistic": list(self.logistic)}
+                "threshold": self.threshold, "logistic": list(self.logistic),
+                "statistic": self.statistic}
 
     @classmethod
     def from_dict(cls, data: dict) -> ShotCalibration:
@@ -40,7 +46,8 @@ class ShotCalibration:
         a, c, b = (fit[0], 0.0, fit[1]) if len(fit) == 2 else fit
         return cls(tuple(int(n) for n in data["shots"]),
                    tuple(float(v) for v in data["mean"]),
-                   tuple(float(v) for v in data["std"]), float(data["threshold"]), (a, c, b))
+                   tuple(float(v) for v in data["std"]), float(data["threshold"]), (a, c, b),
+                   str(data.get("statistic", "genuine")))
 
     def at(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) for labels of ``counts`` photos (clamped to the measured range)."""

@@ -44,21 +44,32 @@ from training.openset import (
 from training.results import write_json
 
 SHOTS = (1, 2, 3, 5, 10, 20, 40)
+# The share of another class's photos, nearest first, that stand for a label's impostors:
+# the look-alikes a query of an unknown kind resembles, not the easy bulk.
+IMPOSTOR_SHARE = 0.1
 
 
 def shot_statistics(vectors: dict[str, tuple[np.ndarray, int]], rng: np.random.Generator,
+                    statistic: str = "impostor",
                     resamples: int = 5) -> tuple[list[float], list[float]]:
-    """(mean, std) per entry of SHOTS of query-to-own-prototype cosine."""
+    """(mean, std) per entry of SHOTS of the cosine between the prototype of n shots of a
+    class and, for "impostor", the IMPOSTOR_SHARE of other classes' queries nearest to it;
+    for "genuine", its own class's queries."""
+    queries = {c: vecs[pool:] for c, (vecs, pool) in vectors.items()}
     means, stds = [], []
     for n in SHOTS:
         cosines = []
-        for vecs, pool in vectors.values():
-            queries = vecs[pool:]
-            if pool < n or len(queries) == 0:
+        for name, (vecs, pool) in vectors.items():
+            if pool < n or len(queries[name]) == 0:
                 continue
+            compared = (queries[name] if statistic == "genuine" else
+                        np.concatenate([q for c, q in queries.items() if c != name]))
             for _ in range(resamples):
                 shots = vecs[rng.choice(pool, n, replace=False)]
-                cosines.append(queries @ prototypes(shots.sum(0, keepdims=True))[0])
+                values = compared @ prototypes(shots.sum(0, keepdims=True))[0]
+                if statistic == "impostor":
+                    values = np.sort(values)[-max(1, round(IMPOSTOR_SHARE * len(values))):]
+                cosines.append(values)
         if not cosines:  # no class has that many shots: carry the last measurement
             means.append(means[-1])
             stds.append(stds[-1])
@@ -85,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="comma-separated (default: the checkpoint's training classes)")
     p.add_argument("--exclude-classes", type=class_list, default=[])
     p.add_argument("--splits", type=int, default=10)
+    p.add_argument("--statistic", choices=["impostor", "genuine"], default="impostor",
+                   help="standardise by the nearest impostors' cosines (default) or by a "
+                        "genuine match's")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="onnx")
     p.add_argument("--cache", type=Path)
     p.add_argument("--write", action="store_true",
@@ -104,8 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"calibration needs at least 6 classes, found {len(classes)}")
     vectors = class_vectors(embed, args.gallery, args.queries, classes)
     rng = np.random.default_rng(0)
-    means, stds = shot_statistics(vectors, rng)
-    stats = ShotCalibration(SHOTS, tuple(means), tuple(stds), 0.0, (1.0, 0.0, 0.0))
+    means, stds = shot_statistics(vectors, rng, args.statistic)
+    stats = ShotCalibration(SHOTS, tuple(means), tuple(stds), 0.0, (1.0, 0.0, 0.0),
+                            args.statistic)
     other, _ = other_domain(opened.embedder, embed, None)
     simulated = {}
     for shots in (1, 5):
@@ -122,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
                                        split_rng))
         simulated[shots] = splits
     threshold, balanced, logistic = threshold_and_confidence(simulated)
-    calibration = ShotCalibration(SHOTS, tuple(means), tuple(stds), threshold, logistic)
+    calibration = ShotCalibration(SHOTS, tuple(means), tuple(stds), threshold, logistic,
+                                  args.statistic)
     result = {
         "checkpoint": str(args.checkpoint),
         "classes": len(classes),

@@ -24,6 +24,7 @@ unknown weighted equally) and the AUROC of the best score, new kinds against unk
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,6 +144,18 @@ def split_scores(vectors: dict[str, tuple[np.ndarray, int]], gallery: Gallery,
                        answer(gallery.query_vectors))
 
 
+def service_accuracy(s: SplitScores, threshold: float) -> float:
+    """What the threshold is chosen for: the mean of new kinds answered right, unknowns
+    rejected (the two kinds of unknown alike) and, where the split has them, the gallery's
+    own kinds answered right. Balanced accuracy alone would buy rejection with the known
+    kinds' photos, which are most of what a service is asked."""
+    parts = [np.mean((s.new.label == s.new_truth) & (s.new.score >= threshold)),
+             (np.mean(s.unknown.score < threshold) + np.mean(s.other.score < threshold)) / 2]
+    if len(s.known_truth):
+        parts.append(np.mean((s.known.label == s.known_truth) & (s.known.score >= threshold)))
+    return float(np.mean(parts))
+
+
 def split_metrics(s: SplitScores, threshold: float) -> dict[str, float]:
     new_right = s.new.label == s.new_truth
     known_right = s.known.label == s.known_truth
@@ -160,6 +173,7 @@ def split_metrics(s: SplitScores, threshold: float) -> dict[str, float]:
     }
     rejection = (result["unknown_rejection"] + result["other_domain_rejection"]) / 2
     result["balanced_accuracy"] = (result["new_accuracy"] + rejection) / 2
+    result["service_accuracy"] = service_accuracy(s, threshold)
     return result
 
 
@@ -222,28 +236,27 @@ def other_domain(embedder: Embedder, embed: Callable[[ImageFolder], np.ndarray],
 
 def threshold_and_confidence(scored: dict[int, list[SplitScores]]
                              ) -> tuple[float, float, tuple[float, ...]]:
-    """From splits scored for each K: the threshold with the best mean balanced accuracy
-    over the K's, that accuracy, and the confidence: a logistic fit of "the best label is
-    right" on the score and the margin over every kind of query (:func:`query_kinds`)."""
-    pooled = [np.concatenate([np.concatenate([s.new.score, s.unknown.score]) for s in splits])
-              for splits in scored.values()]
+    """From splits scored for each K: the threshold with the best mean service accuracy
+    over the K's (:func:`service_accuracy`), that accuracy, and the confidence: a logistic
+    fit of "the best label is right" on the score and the margin over every kind of query
+    (:func:`query_kinds`)."""
+    pooled = [np.concatenate([np.concatenate([s.new.score, s.unknown.score, s.known.score])
+                              for s in splits]) for splits in scored.values()]
     candidates = np.unique(np.quantile(np.concatenate(pooled), np.linspace(0, 1, 401)))
-    per_k = [[(s.new.score, s.new.label == s.new_truth, s.unknown.score, s.other.score)
-              for s in splits] for splits in scored.values()]
+    every = [s for group in scored.values() for s in group]
+    per_split = [1 / len(group) for group in scored.values() for _ in group]  # each K alike
 
-    def balanced(t: float) -> float:
-        return float(np.mean([(np.mean(right & (new >= t))
-                               + (np.mean(unknown < t) + np.mean(other < t)) / 2) / 2
-                              for splits in per_k for new, right, unknown, other in splits]))
+    def mean_service_accuracy(t: float) -> float:
+        return float(np.average([service_accuracy(s, t) for s in every], weights=per_split))
 
-    best = float(max(candidates, key=balanced))
+    best = float(max(candidates, key=mean_service_accuracy))
     groups = [(answers, right, weight / len(splits))  # every K weighs the same
               for splits in scored.values() for s in splits
               for _, answers, right, weight in query_kinds(s) if len(right)]
     features = np.concatenate([np.stack([a.score, a.margin], 1) for a, _, _ in groups])
     right = np.concatenate([r for _, r, _ in groups])
     weights = np.concatenate([np.full(len(r), w / len(r)) for _, r, w in groups])
-    return round(best, 4), balanced(best), fit_logistic(features, right, weights)
+    return round(best, 4), mean_service_accuracy(best), fit_logistic(features, right, weights)
 
 
 def query_kinds(s: SplitScores) -> list[tuple[str, Answers, np.ndarray, float]]:
@@ -272,16 +285,19 @@ def confidence_by_group(splits: list[SplitScores],
     return report
 
 
-def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]]
-                    ) -> ShotCalibration:
-    """Store the threshold with the best mean balanced accuracy over the K's, and the
+def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]],
+                    scored_with: ShotCalibration | None) -> ShotCalibration:
+    """Store the threshold with the best mean service accuracy over the K's, and the
     confidence fit (:func:`threshold_and_confidence`), in ``checkpoint``."""
     target = shot_calibration(load_checkpoint(checkpoint).meta.extra)
     if target is None:
         raise SystemExit(f"{checkpoint} has no shot statistics: run training.calibrate on it "
                          "first")
+    if scored_with is None or scored_with.statistic != target.statistic:
+        raise SystemExit(f"{checkpoint}'s scores are standardised by the {target.statistic} "
+                         "statistic, these splits' are not: calibrate both alike first")
     threshold, _, logistic = threshold_and_confidence(scored)
-    chosen = ShotCalibration(target.shots, target.mean, target.std, threshold, logistic)
+    chosen = dataclasses.replace(target, threshold=threshold, logistic=logistic)
     set_checkpoint_extra(checkpoint, "openset", chosen.to_dict())
     print(f"wrote threshold {chosen.threshold} and confidence {chosen.logistic} into "
           f"{checkpoint}")
@@ -305,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache", type=Path, help="reuse embeddings across runs")
     p.add_argument("--json", type=Path)
     p.add_argument("--write-threshold", type=Path, metavar="CHECKPOINT",
-                   help="choose the threshold (best mean balanced accuracy over --shots) and "
+                   help="choose the threshold (best mean service accuracy over --shots) and "
                    "the confidence fit on these splits, and store both in CHECKPOINT's "
                    "calibration (its shot statistics stay; calibrate it first)")
     args = p.parse_args(argv)
@@ -337,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
               for shots in (int(k) for k in args.shots.split(","))}
     confidence_of = calibration  # the confidence fit reported: the one written, if any
     if args.write_threshold:
-        confidence_of = write_threshold(args.write_threshold, scored)
+        confidence_of = write_threshold(args.write_threshold, scored, calibration)
         threshold = results["threshold"] = confidence_of.threshold
     for shots, splits in scored.items():
         runs = [split_metrics(s, threshold) for s in splits]

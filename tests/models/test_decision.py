@@ -55,6 +55,12 @@ def test_a_calibration_without_the_margin_term_reads_as_zero_margin_weight():
     assert ShotCalibration.from_dict(old).logistic == (2.0, 0.0, 1.0)
 
 
+def test_the_statistic_round_trips_and_older_files_read_as_genuine():
+    assert ShotCalibration.from_dict(CAL.to_dict()) == CAL and CAL.statistic == "impostor"
+    old = {k: v for k, v in CAL.to_dict().items() if k != "statistic"}
+    assert ShotCalibration.from_dict(old).statistic == "genuine"
+
+
 def test_the_logistic_fit_recovers_known_parameters():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20000, 2))

@@ -76,7 +76,8 @@ def test_the_cli_reports_each_k_over_seeded_splits(tiny_checkpoint, tmp_path):
 
 def test_threshold_and_confidence_by_hand():
     # New kinds score 2 and 1 (both right) and 0 (wrong); unknowns -1 and 0.5; the other
-    # domain -2. The cut at 0.75 keeps both right answers and rejects every unknown.
+    # domain -2. Balanced accuracy alone would cut at 0.75: both right answers kept, every
+    # unknown rejected.
     def answers(labels, scores, margins):
         return openset.Answers(np.array(labels, dtype=object), np.array(scores, float),
                                np.array(margins, float))
@@ -86,9 +87,13 @@ def test_threshold_and_confidence_by_hand():
         answers(["a", "a", "b"], [2.0, 1.0, 0.0], [1.5, 0.2, 0.1]),
         answers(["a", "b"], [-1.0, 0.5], [0.1, 0.3]), answers(["b"], [-2.0], [0.0]),
         np.array(["k", "k"], dtype=object), answers(["k", "a"], [0.5, -0.5], [2.0, 0.1]))
-    threshold, balanced, (a, c, b) = openset.threshold_and_confidence({1: [scores]})
-    assert 0.5 < threshold <= 1.0
-    assert balanced == pytest.approx((2 / 3 + 1) / 2)
+    # Known kinds: the right one scores 0.5, the wrong one -0.5. A cut in (0.5, 1] gives new
+    # 2/3, rejection 1 and known 0: (2/3 + 1 + 0) / 3 = 0.556; a cut in (-1, 0.5] gives 2/3,
+    # (1/2 + 1) / 2 and 1/2: 0.639, so the known kind's right answer moves the cut down.
+    threshold, accuracy, (a, c, b) = openset.threshold_and_confidence({1: [scores]})
+    assert -1.0 < threshold <= 0.5
+    assert accuracy == pytest.approx((2 / 3 + 0.75 + 0.5) / 3)
+    assert openset.service_accuracy(scores, 0.75) == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert a + c > 0  # higher score and margin, more likely right
 
 
@@ -117,3 +122,23 @@ def test_calibrate_then_choose_the_threshold_on_held_out_classes(tiny_checkpoint
     assert results["rule"] == "shot-calibrated"
     chosen = shot_calibration(load_checkpoint(checkpoint).meta.extra)
     assert chosen.threshold == results["threshold"] and chosen.mean == stored.mean
+
+
+def test_shot_statistics_by_hand():
+    from training.calibrate import SHOTS, shot_statistics
+
+    def at(degrees: float) -> np.ndarray:
+        return np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees))])
+
+    # One shot and one query per class, the query 10 degrees from its shot.
+    vectors = {"a": (np.stack([at(0), at(10)]), 1), "b": (np.stack([at(90), at(80)]), 1),
+               "c": (np.stack([at(180), at(190)]), 1)}
+    genuine_mean, genuine_std = shot_statistics(vectors, np.random.default_rng(0), "genuine")
+    assert genuine_mean[0] == pytest.approx(np.cos(np.radians(10)))
+    assert genuine_std[0] == pytest.approx(1e-3)  # no spread: the floor
+    # The nearest other-class query of each shot: 80 degrees from a (b's), 80 from b (a's),
+    # 100 from c (b's); more shots than a class has repeat the last measurement.
+    mean, std = shot_statistics(vectors, np.random.default_rng(0), "impostor")
+    nearest = np.cos(np.radians([80, 80, 100]))
+    assert mean[0] == pytest.approx(nearest.mean()) and std[0] == pytest.approx(nearest.std())
+    assert len(mean) == len(SHOTS) and mean[-1] == mean[0]
