@@ -49,8 +49,9 @@ class LabelScore(BaseModel):
 class Classification(BaseModel):
     label: str = Field(description="the best label, or 'unknown' below the threshold")
     score: float = Field(description="the best label's score: with a calibrated checkpoint, "
-                         "its cosine standardised by its number of photos (0 = a typical "
-                         "genuine match); otherwise the cosine")
+                         "its cosine standardised by how the nearest other-kind photos score "
+                         "against a label of that many photos (0 = a typical near "
+                         "look-alike); otherwise the cosine")
     confidence: float | None = Field(
         description="calibrated probability that closest_label is right, from the score and "
         "the margin; the answer itself is 'unknown' whenever the score is below the threshold, "
@@ -67,12 +68,12 @@ class Classification(BaseModel):
     took_ms: float
 
     model_config = {"json_schema_extra": {"examples": [{
-        "label": "Banana", "score": 0.61, "confidence": 0.88, "rule": "shot-calibrated",
-        "threshold": -0.73, "margin": 1.9, "closest_label": "Banana",
+        "label": "Banana", "score": 2.4, "confidence": 0.88, "rule": "shot-calibrated",
+        "threshold": 1.84, "margin": 1.3, "closest_label": "Banana",
         "matches": [{"id": 812, "label": "Banana", "score": 0.91,
                      "image_url": "/items/812/image"}],
-        "candidates": [{"label": "Banana", "score": 0.61, "cosine": 0.94, "photos": 33},
-                       {"label": "Lemon", "score": -1.3, "cosine": 0.71, "photos": 1}],
+        "candidates": [{"label": "Banana", "score": 2.4, "cosine": 0.94, "photos": 33},
+                       {"label": "Lemon", "score": 1.1, "cosine": 0.71, "photos": 1}],
         "took_ms": 12.9}]}}
 
 

@@ -18,7 +18,9 @@ standardised by its number of photos and ``unknown`` falls below the calibrated 
 Reported per K, mean and spread over the splits: new kinds' top-label accuracy (no
 threshold) and accuracy (thresholded), unknown rejection (held-out grocery kinds, other
 domain), balanced accuracy (the mean of new-kind accuracy and rejection, the two kinds of
-unknown weighted equally) and the AUROC of the best score, new kinds against unknowns.
+unknown weighted equally), the AUROC of the best score, new kinds against unknowns, the
+gallery's own kinds' accuracy, and service accuracy (the mean of known-kind accuracy,
+new-kind accuracy and rejection), which ``--write-threshold`` maximises.
 """
 
 from __future__ import annotations
