@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.miners import Triplets
+from training.miners import Triplets, pair_masks
 
 
 def triplet_margin_loss(
@@ -43,9 +43,7 @@ def multi_similarity_loss(
     anchors that kept a pair.
     """
     n = len(labels)
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(n, dtype=torch.bool, device=labels.device)
-    positive, negative = same & ~eye, ~same
+    positive, negative = pair_masks(labels)
     valid = positive.any(1) & negative.any(1)
     if not bool(valid.any()):
         return embeddings.sum() * 0.0, 0.0

@@ -17,7 +17,8 @@ def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * cosine).clamp_min(1e-12).sqrt()
 
 
-def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) pairs of a batch: same label but not itself, other label."""
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     return same & ~eye, ~same
@@ -26,7 +27,7 @@ def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def batch_hard(embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
     """For every anchor: its farthest positive and its nearest negative (Hermans et al. 2017)."""
     dist = pairwise_distances(embeddings.detach())
-    positive, negative = _masks(labels)
+    positive, negative = pair_masks(labels)
     valid = positive.any(1) & negative.any(1)
     hardest_pos = dist.masked_fill(~positive, float("-inf")).argmax(1)
     hardest_neg = dist.masked_fill(~negative, float("inf")).argmin(1)
@@ -39,7 +40,7 @@ def semi_hard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float) -> 
     and inside the margin, d(a,p) < d(a,n) < d(a,p) + margin (FaceNet). Pairs with no such
     negative are left out."""
     dist = pairwise_distances(embeddings.detach())
-    positive, negative = _masks(labels)
+    positive, negative = pair_masks(labels)
     a, p = positive.nonzero(as_tuple=True)
     d_ap = dist[a, p][:, None]
     d_an = dist[a]  # (pairs, batch)
