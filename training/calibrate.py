@@ -25,6 +25,7 @@ the photos they are compared with from ``--queries`` (another session of the sam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from training.openset import (
     other_domain,
     split_metrics,
     split_scores,
+    summarise,
     threshold_and_confidence,
 )
 from training.results import write_json
@@ -59,17 +61,18 @@ def shot_statistics(vectors: dict[str, tuple[np.ndarray, int]], rng: np.random.G
     class and, for "impostor", the IMPOSTOR_SHARE of other classes' queries nearest to it;
     for "genuine", its own class's queries."""
     queries = {c: vecs[pool:] for c, (vecs, pool) in vectors.items()}
+    compared = {name: own if statistic == "genuine" else
+                np.concatenate([q for c, q in queries.items() if c != name])
+                for name, own in queries.items()}
     means, stds = [], []
     for n in SHOTS:
         cosines = []
         for name, (vecs, pool) in vectors.items():
             if pool < n or len(queries[name]) == 0:
                 continue
-            compared = (queries[name] if statistic == "genuine" else
-                        np.concatenate([q for c, q in queries.items() if c != name]))
             for _ in range(resamples):
                 shots = vecs[rng.choice(pool, n, replace=False)]
-                values = compared @ prototypes(shots.sum(0, keepdims=True))[0]
+                values = compared[name] @ prototypes(shots.sum(0, keepdims=True))[0]
                 if statistic == "impostor":
                     values = np.sort(values)[-max(1, round(IMPOSTOR_SHARE * len(values))):]
                 cosines.append(values)
@@ -140,18 +143,18 @@ def main(argv: list[str] | None = None) -> dict:
                                        split_rng))
         simulated[shots] = splits
     threshold, accuracy, logistic = threshold_and_confidence(simulated)
-    calibration = ShotCalibration(SHOTS, tuple(means), tuple(stds), threshold, logistic,
-                                  args.statistic)
+    calibration = dataclasses.replace(stats, threshold=threshold, logistic=logistic)
+    summaries = {k: summarise([split_metrics(s, threshold) for s in splits])
+                 for k, splits in simulated.items()}
     result = {
         "checkpoint": str(args.checkpoint),
         "classes": len(classes),
         "calibration": calibration.to_dict(),
         "simulated_service_accuracy": accuracy,
-        **{f"simulated_{k}_shot": {key: float(np.mean([split_metrics(s, threshold)[key]
-                                                        for s in splits]))
+        **{f"simulated_{k}_shot": {key: summary[key]["mean"]
                                    for key in ("new_accuracy", "unknown_rejection",
                                                "balanced_accuracy", "known_accuracy")}
-           for k, splits in simulated.items()},
+           for k, summary in summaries.items()},
     }
     print(json.dumps(result, indent=2))
     if args.write:
