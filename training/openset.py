@@ -146,32 +146,41 @@ def split_scores(vectors: dict[str, tuple[np.ndarray, int]], gallery: Gallery,
                        answer(gallery.query_vectors))
 
 
+def thresholded(s: SplitScores, threshold: float) -> dict[str, float]:
+    """The accuracies ``threshold`` decides: new kinds and the gallery's own kinds answered
+    right (nan without known-kind queries), and each kind of unknown rejected."""
+    def answered_right(answers: Answers, truth: np.ndarray) -> float:
+        if not len(truth):
+            return float("nan")
+        return float(np.mean((answers.label == truth) & (answers.score >= threshold)))
+
+    return {"new_accuracy": answered_right(s.new, s.new_truth),
+            "unknown_rejection": float(np.mean(s.unknown.score < threshold)),
+            "other_domain_rejection": float(np.mean(s.other.score < threshold)),
+            "known_accuracy": answered_right(s.known, s.known_truth)}
+
+
 def service_accuracy(s: SplitScores, threshold: float) -> float:
     """What the threshold is chosen for: the mean of new kinds answered right, unknowns
     rejected (the two kinds of unknown alike) and, where the split has them, the gallery's
     own kinds answered right. Balanced accuracy alone would buy rejection with the known
     kinds' photos, which are most of what a service is asked."""
-    parts = [np.mean((s.new.label == s.new_truth) & (s.new.score >= threshold)),
-             (np.mean(s.unknown.score < threshold) + np.mean(s.other.score < threshold)) / 2]
+    a = thresholded(s, threshold)
+    parts = [a["new_accuracy"], (a["unknown_rejection"] + a["other_domain_rejection"]) / 2]
     if len(s.known_truth):
-        parts.append(np.mean((s.known.label == s.known_truth) & (s.known.score >= threshold)))
+        parts.append(a["known_accuracy"])
     return float(np.mean(parts))
 
 
 def split_metrics(s: SplitScores, threshold: float) -> dict[str, float]:
-    new_right = s.new.label == s.new_truth
     known_right = s.known.label == s.known_truth
     result = {
-        "new_top_label_accuracy": float(np.mean(new_right)),
-        "new_accuracy": float(np.mean(new_right & (s.new.score >= threshold))),
-        "unknown_rejection": float(np.mean(s.unknown.score < threshold)),
-        "other_domain_rejection": float(np.mean(s.other.score < threshold)),
+        "new_top_label_accuracy": float(np.mean(s.new.label == s.new_truth)),
+        **thresholded(s, threshold),
         "auroc_unknown": auroc(s.new.score, s.unknown.score),
         "auroc_other_domain": auroc(s.new.score, s.other.score),
         "known_top_label_accuracy": float(np.mean(known_right)) if len(known_right) else
         float("nan"),
-        "known_accuracy": float(np.mean(known_right & (s.known.score >= threshold)))
-        if len(known_right) else float("nan"),
     }
     rejection = (result["unknown_rejection"] + result["other_domain_rejection"]) / 2
     result["balanced_accuracy"] = (result["new_accuracy"] + rejection) / 2
