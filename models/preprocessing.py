@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from models.resample import normalised_planes, resize_crop
+
 if TYPE_CHECKING:  # torch stays out of the serving path: ONNX Runtime needs only numpy
     import torch
     from torchvision import transforms
@@ -154,28 +156,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     """Deterministic input of evaluation and serving: (3, size, size) float32, normalised.
 
-    Shorter side resized to ``pre.resize_size`` (bicubic, antialiased), centre crop, scale to
-    0..1, ImageNet mean/std: torchvision's Resize + CenterCrop + ToTensor + Normalize (the
-    same numbers, tested), written with Pillow and numpy so that serving on CPU needs no torch.
+    Shorter side resized to ``pre.resize_size`` (Pillow's antialiased bicubic), centre crop,
+    scale to 0..1, ImageNet mean/std: torchvision's Resize + CenterCrop + ToTensor +
+    Normalize (the same numbers, tested), written with Pillow and numpy so that serving on
+    CPU needs no torch. The resize runs in :mod:`models.resample`, which computes Pillow's
+    numbers for the crop only (Pillow itself where it cannot).
     """
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = pre.resize_size, int(pre.resize_size * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
     crop = pre.image_size
-    left = int(round((image.width - crop) / 2.0))
-    top = int(round((image.height - crop) / 2.0))
-    image = image.crop((left, top, left + crop, top + crop))
-    # (x / 255 - mean) / std as one multiply-add per channel plane: ~3x faster than
-    # broadcasting over a trailing axis of 3, equal to float32 rounding (< 1e-6).
-    scale = 1.0 / (255.0 * np.asarray(pre.std, dtype=np.float64))
-    offset = -np.asarray(pre.mean, dtype=np.float64) / np.asarray(pre.std, dtype=np.float64)
-    planes = np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1), dtype=np.float32)
-    planes *= scale.astype(np.float32)[:, None, None]
-    planes += offset.astype(np.float32)[:, None, None]
-    return planes
+    left = int(round((size[0] - crop) / 2.0))
+    top = int(round((size[1] - crop) / 2.0))
+    box = (left, top, left + crop, top + crop)
+    pixels = np.asarray(image)
+    cropped = resize_crop(pixels, size, box) if size != image.size else None
+    if cropped is None:
+        resized = image.resize(size, Image.Resampling.BICUBIC) if size != image.size else image
+        cropped = np.asarray(resized.crop(box))
+    return normalised_planes(cropped, pre.mean, pre.std)
 
 
 def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:

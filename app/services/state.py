@@ -35,6 +35,7 @@ class ServiceState:
         try:
             await asyncio.to_thread(self._load_model)
             assert self.embedding is not None
+            await asyncio.to_thread(self.embedding.warm_up)
             await self.embedding.start()
             self.detail = "starting: embedding the gallery"
             stats = self.startup_stats = await asyncio.to_thread(self._load_gallery)
