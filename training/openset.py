@@ -50,6 +50,7 @@ from models.preprocessing import class_folder_images
 from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list, scan_image_folder
 from training.embedding import embed_folder_cached
+from training.plots import threshold_curves
 from training.results import write_json
 
 
@@ -160,13 +161,23 @@ def thresholded(s: SplitScores, threshold: float) -> dict[str, float]:
             "known_accuracy": answered_right(s.known, s.known_truth)}
 
 
+def rejection(a: dict[str, float]) -> float:
+    """Unknowns rejected, of :func:`thresholded`'s accuracies: the two kinds alike."""
+    return (a["unknown_rejection"] + a["other_domain_rejection"]) / 2
+
+
+def balanced_accuracy(a: dict[str, float]) -> float:
+    """The mean of new kinds answered right and :func:`rejection`."""
+    return (a["new_accuracy"] + rejection(a)) / 2
+
+
 def service_accuracy(s: SplitScores, threshold: float) -> float:
     """What the threshold is chosen for: the mean of new kinds answered right, unknowns
     rejected (the two kinds of unknown alike) and, where the split has them, the gallery's
     own kinds answered right. Balanced accuracy alone would buy rejection with the known
     kinds' photos, which are most of what a service is asked."""
     a = thresholded(s, threshold)
-    parts = [a["new_accuracy"], (a["unknown_rejection"] + a["other_domain_rejection"]) / 2]
+    parts = [a["new_accuracy"], rejection(a)]
     if len(s.known_truth):
         parts.append(a["known_accuracy"])
     return float(np.mean(parts))
@@ -182,10 +193,28 @@ def split_metrics(s: SplitScores, threshold: float) -> dict[str, float]:
         "known_top_label_accuracy": float(np.mean(known_right)) if len(known_right) else
         float("nan"),
     }
-    rejection = (result["unknown_rejection"] + result["other_domain_rejection"]) / 2
-    result["balanced_accuracy"] = (result["new_accuracy"] + rejection) / 2
+    result["balanced_accuracy"] = balanced_accuracy(result)
     result["service_accuracy"] = service_accuracy(s, threshold)
     return result
+
+
+SWEPT = {"new kinds answered right": "new_accuracy",
+         "unknown kinds rejected": "unknown_rejection",
+         "other domain rejected": "other_domain_rejection",
+         "known kinds answered right": "known_accuracy",
+         "balanced (new right, unknowns rejected)": "balanced_accuracy"}
+
+
+def threshold_sweep(splits: list[SplitScores], thresholds: np.ndarray
+                    ) -> dict[str, np.ndarray]:
+    """Each accuracy of :data:`SWEPT` at every threshold, the mean over the splits."""
+    curves: dict[str, list[float]] = {name: [] for name in SWEPT}
+    for t in thresholds:
+        per_split = [thresholded(s, t) for s in splits]
+        per_split = [{**a, "balanced_accuracy": balanced_accuracy(a)} for a in per_split]
+        for name, key in SWEPT.items():
+            curves[name].append(float(np.mean([m[key] for m in per_split])))
+    return {name: np.array(values) for name, values in curves.items()}
 
 
 def gallery_of(vectors: np.ndarray, labels: np.ndarray, names: list[str],
@@ -331,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="auto")
     p.add_argument("--cache", type=Path, help="reuse embeddings across runs")
     p.add_argument("--json", type=Path)
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="draw the accuracies against the threshold, one panel per K")
     p.add_argument("--write-threshold", type=Path, metavar="CHECKPOINT",
                    help="choose the threshold (best mean service accuracy over --shots) and "
                    "the confidence fit on these splits, and store both in CHECKPOINT's "
@@ -371,6 +402,16 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"{shots}_shot"] = {"summary": summarise(runs), "splits": runs}
         if confidence_of is not None:
             results[f"{shots}_shot"]["confidence"] = confidence_by_group(splits, confidence_of)
+    if args.plot:
+        scores = np.concatenate([np.concatenate([s.new.score, s.unknown.score, s.other.score,
+                                                 s.known.score])
+                                 for splits in scored.values() for s in splits])
+        thresholds = np.linspace(*np.quantile(scores, [0.01, 0.99]), 200)
+        threshold_curves(args.plot, thresholds,
+                         {f"{k} shot{'s' if k > 1 else ''}": threshold_sweep(splits, thresholds)
+                          for k, splits in scored.items()}, threshold,
+                         title=f"{Path(args.checkpoint).name}: {len(heldout)} held-out kinds, "
+                               f"{args.splits} splits")
     print(json.dumps({k: {**v["summary"], "confidence": v.get("confidence")}
                       if isinstance(v, dict) and "summary" in v else v
                       for k, v in results.items()}, indent=1))

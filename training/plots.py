@@ -1,4 +1,5 @@
-"""Result pictures: the top-5 retrieval grid and a 2-D map of the embeddings."""
+"""Result pictures: the top-5 retrieval grid, a 2-D map of the embeddings, and the open-set
+accuracies against the unknown threshold."""
 
 from __future__ import annotations
 
@@ -84,6 +85,35 @@ def embedding_map(
     ax.set_title(title or f"embeddings ({method.upper()})")
     ax.set_xticks([])
     ax.set_yticks([])
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def threshold_curves(
+    out: str | Path,
+    thresholds: np.ndarray,
+    curves: dict[str, dict[str, np.ndarray]],
+    chosen: float,
+    title: str = "",
+) -> None:
+    """One panel per group of ``curves`` (e.g. per number of shots): each accuracy against
+    the threshold, and the chosen threshold as a vertical line."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.5), sharey=True,
+                             squeeze=False)
+    for ax, (name, group) in zip(axes[0], curves.items(), strict=True):
+        for label, values in group.items():
+            ax.plot(thresholds, values, label=label, lw=2 if "balanced" in label else 1.2)
+        ax.axvline(chosen, color="black", ls="--", lw=1, label=f"threshold {chosen:g}")
+        ax.set_title(name)
+        ax.set_xlabel("threshold on the standardised score")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of queries")
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

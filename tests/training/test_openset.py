@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.helpers import COLOURS, make_image_folder
 from training import openset
@@ -61,7 +62,9 @@ def test_the_cli_reports_each_k_over_seeded_splits(tiny_checkpoint, tmp_path):
     out = tmp_path / "openset.json"
     results = openset.main(["--checkpoint", str(tiny_checkpoint), "--gallery", str(train),
                             "--queries", str(test), "--heldout", "red,green,blue,cyan",
-                            "--shots", "1,3", "--splits", "3", "--json", str(out)])
+                            "--shots", "1,3", "--splits", "3", "--json", str(out),
+                            "--plot", str(tmp_path / "curves.png")])
+    assert Image.open(tmp_path / "curves.png").size[0] > 600  # two panels, one per K
     assert json.loads(out.read_text())["1_shot"]["summary"] == results["1_shot"]["summary"]
     assert results["heldout"] == ["red", "green", "blue", "cyan"]
     assert results["gallery_classes"] == 2 and len(results["3_shot"]["splits"]) == 3
@@ -95,6 +98,26 @@ def test_threshold_and_confidence_by_hand():
     assert accuracy == pytest.approx((2 / 3 + 0.75 + 0.5) / 3)
     assert openset.service_accuracy(scores, 0.75) == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert a + c > 0  # higher score and margin, more likely right
+
+
+def test_threshold_sweep_by_hand():
+    # New kinds score 2 (right), 1 (right), 0 (wrong label); unknowns -1 and 0.5; the other
+    # domain -2; known kinds 0.5 (right) and -0.5 (wrong label).
+    def answers(labels, scores):
+        return openset.Answers(np.array(labels, dtype=object), np.array(scores, float),
+                               np.zeros(len(scores)))
+
+    split = openset.SplitScores(
+        np.array(["a", "a", "a"], dtype=object), answers(["a", "a", "b"], [2.0, 1.0, 0.0]),
+        answers(["a", "b"], [-1.0, 0.5]), answers(["b"], [-2.0]),
+        np.array(["k", "k"], dtype=object), answers(["k", "a"], [0.5, -0.5]))
+    curves = openset.threshold_sweep([split, split], np.array([-3.0, 0.75, 3.0]))
+    np.testing.assert_allclose(curves["new kinds answered right"], [2 / 3, 2 / 3, 0])
+    np.testing.assert_allclose(curves["unknown kinds rejected"], [0, 1, 1])
+    np.testing.assert_allclose(curves["other domain rejected"], [0, 1, 1])
+    np.testing.assert_allclose(curves["known kinds answered right"], [0.5, 0, 0])
+    np.testing.assert_allclose(curves["balanced (new right, unknowns rejected)"],
+                               [1 / 3, (2 / 3 + 1) / 2, 0.5])
 
 
 def test_calibrate_then_choose_the_threshold_on_held_out_classes(tiny_checkpoint, tmp_path):
