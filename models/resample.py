@@ -24,6 +24,8 @@ PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 BICUBIC_A = -0.5
 BICUBIC_SUPPORT = 2.0
 
+# Larger sources go to Pillow: the order probe would resize a noise image of their size.
+PROBE_MAX_PIXELS = 4_000_000
 Size = tuple[int, int]  # (width, height), as Pillow gives sizes
 Box = tuple[int, int, int, int]  # (left, top, right, bottom)
 
@@ -147,9 +149,15 @@ def _pillow_order(in_size: Size, out_size: Size) -> bool | None:
 
 def resize_crop(pixels: np.ndarray, size: Size, box: Box) -> np.ndarray | None:
     """``Image.fromarray(pixels).resize(size, BICUBIC).crop(box)`` as a (rows, cols * 3)
-    uint8 array, or None where this Pillow's arithmetic is not reproduced for these sizes.
-    ``pixels``: (h, w, 3) uint8; ``box`` inside the resized image."""
-    order = _pillow_order((pixels.shape[1], pixels.shape[0]), size)
+    uint8 array, or None where Pillow should do it: its arithmetic is not reproduced for
+    these sizes, the source is over :data:`PROBE_MAX_PIXELS`, or ``box`` reaches outside
+    the resized image (Pillow pads). ``pixels``: (h, w, 3) uint8."""
+    height, width = pixels.shape[:2]
+    left, top, right, bottom = box
+    if not (0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]) \
+            or width * height > PROBE_MAX_PIXELS:
+        return None
+    order = _pillow_order((width, height), size)
     return None if order is None else _resize(pixels, size, box, order)
 
 

@@ -99,6 +99,20 @@ def test_a_pillow_it_does_not_reproduce_means_pillow_is_used(monkeypatch):
         resample._pillow_order.cache_clear()
 
 
+def test_boxes_outside_the_image_and_huge_sources_are_left_to_pillow(monkeypatch):
+    pixels = pixels_of(40, 30, seed=6, smooth=False)
+    assert resize_crop(pixels, (80, 60), (-4, 0, 76, 60)) is None  # Pillow pads
+    assert resize_crop(pixels, (80, 60), (0, 0, 80, 61)) is None
+    monkeypatch.setattr(resample, "PROBE_MAX_PIXELS", 40 * 30 - 1)
+    assert resize_crop(pixels, (80, 60), (0, 0, 80, 60)) is None
+    pre = Preprocessing(image_size=32, crop_fraction=1.2)  # a crop larger than the resize
+    image = Image.fromarray(pixels)
+    expected = np.asarray(image.resize((36, 27), Image.Resampling.BICUBIC).crop(
+        (2, -2, 34, 30)))
+    np.testing.assert_array_equal(preprocess(image, pre),
+                                  normalised_planes(expected, pre.mean, pre.std))
+
+
 def test_normalised_planes_match_the_formula():
     pixels = pixels_of(33, 21, seed=5, smooth=False)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
