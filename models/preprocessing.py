@@ -160,7 +160,8 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     scale to 0..1, ImageNet mean/std: torchvision's Resize + CenterCrop + ToTensor +
     Normalize (the same numbers, tested), written with Pillow and numpy so that serving on
     CPU needs no torch. The resize runs in :mod:`models.resample`, which computes Pillow's
-    numbers for the crop only (Pillow itself where it cannot).
+    numbers for the crop only (Pillow itself where it cannot, or until its compiled loops
+    are loaded).
     """
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)

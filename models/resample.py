@@ -9,16 +9,26 @@ Which pass Pillow runs first depends on its version and on the sizes, and the tw
 round differently. So for every new pair of sizes the order is found once by resizing a
 noise image both ways against Pillow itself; where neither matches, :func:`resize_crop`
 answers None and the caller uses Pillow.
+
+The loops are compiled by numba (:mod:`models.resample_kernels`), which takes about a second
+to load. Until they are loaded, :func:`resize_crop` answers None: the first call loads them
+(in the caller's thread), and calls from other threads meanwhile use Pillow instead of
+waiting; :func:`load_in_background` lets a service load them without any request waiting.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import logging
 import math
+import threading
+from types import ModuleType
 
-import numba
 import numpy as np
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 BICUBIC_A = -0.5
@@ -64,52 +74,50 @@ def axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     return first, np.trunc(np.where(w < 0, fixed - 0.5, fixed + 0.5)).astype(np.int32)
 
 
-@numba.njit(nogil=True, cache=True)
-def _resample_rows(src: np.ndarray, first: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Output row i = clip8(sum over t of weights[i, t] * src[first[i] + t]): every output
-    row a weighted sum of whole input rows, which vectorises. Taps of weight 0 are not read
-    (those past an output's last input may lie past the edge)."""
-    width = src.shape[1]
-    out = np.empty((weights.shape[0], width), np.uint8)
-    acc = np.empty(width, np.int32)
-    for i in range(weights.shape[0]):
-        acc[:] = 1 << (PRECISION_BITS - 1)
-        for t in range(weights.shape[1]):
-            weight = weights[i, t]
-            if weight != 0:
-                row = src[first[i] + t]
-                for j in range(width):
-                    acc[j] += np.int32(row[j]) * weight
-        for j in range(width):
-            out[i, j] = min(max(acc[j] >> PRECISION_BITS, 0), 255)
-    return out
+_kernels: ModuleType | None = None  # models.resample_kernels, once loaded
+_loading = threading.Lock()  # held while they load
+_failed = False  # numba could not load them: Pillow from then on
 
 
-@numba.njit(nogil=True, cache=True)
-def _swap_axes(pixels: np.ndarray) -> np.ndarray:
-    """(a, b * 3) interleaved RGB -> (b, a * 3): columns become rows, so that the
-    horizontal pass is a pass over rows too."""
-    a, b = pixels.shape[0], pixels.shape[1] // 3
-    out = np.empty((b, a * 3), np.uint8)
-    for i in range(a):
-        for j in range(b):
-            for c in range(3):
-                out[j, i * 3 + c] = pixels[i, j * 3 + c]
-    return out
+def _load() -> None:
+    global _kernels, _failed
+    try:
+        kernels = importlib.import_module("models.resample_kernels")
+        kernels.swap_axes(np.zeros((1, 3), np.uint8))  # numba's first call
+        _kernels = kernels
+    except Exception:  # e.g. numba missing or broken: Pillow gives the same pixels
+        _failed = True
+        log.exception("the compiled resize could not be loaded; resizing with Pillow")
 
 
-@numba.njit(nogil=True, cache=True)
-def _planes(pixels: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """(h, w * 3) RGB -> (3, h, w) float32, ``value * scale[c] + offset[c]`` rounded to
-    float32 after the product and after the sum."""
-    height, width = pixels.shape[0], pixels.shape[1] // 3
-    out = np.empty((3, height, width), np.float32)
-    for y in range(height):
-        for x in range(width):
-            for c in range(3):
-                scaled = np.float32(pixels[y, x * 3 + c]) * scale[c]
-                out[c, y, x] = scaled + offset[c]
-    return out
+def loaded_kernels() -> ModuleType | None:
+    """The compiled loops; the first caller loads them, other callers meanwhile get None."""
+    if _kernels is None and not _failed and _loading.acquire(blocking=False):
+        try:
+            if _kernels is None and not _failed:
+                _load()
+        finally:
+            _loading.release()
+    return _kernels
+
+
+def load_in_background() -> threading.Thread | None:
+    """Load the compiled loops on a thread of their own (None: loaded, or being loaded,
+    already). Until they are loaded every call uses Pillow: the lock is taken here, so no
+    request can start loading them itself and wait."""
+    if _kernels is not None or _failed or not _loading.acquire(blocking=False):
+        return None
+
+    def load() -> None:
+        try:
+            if _kernels is None and not _failed:
+                _load()
+        finally:
+            _loading.release()
+
+    thread = threading.Thread(target=load, name="resample-kernels", daemon=True)
+    thread.start()
+    return thread
 
 
 def _resize(pixels: np.ndarray, size: Size, box: Box, horizontal_first: bool) -> np.ndarray:
@@ -119,15 +127,20 @@ def _resize(pixels: np.ndarray, size: Size, box: Box, horizontal_first: bool) ->
     left, top, right, bottom = box
     col_first, col_weights = (a[left:right] for a in axis_weights(width, size[0]))
     row_first, row_weights = (a[top:bottom] for a in axis_weights(height, size[1]))
+    swap_axes = _kernels.swap_axes
+
+    def resample_rows(src: np.ndarray, first: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return _kernels.resample_rows(src, first, weights, PRECISION_BITS)
+
     rows = np.ascontiguousarray(pixels).reshape(height, width * 3)
     if horizontal_first:
         # Only the source rows that the crop's rows read.
         src_top = int(row_first[0])
         src_bottom = min(int((row_first + row_weights.shape[1]).max()), height)
-        columns = _resample_rows(_swap_axes(rows[src_top:src_bottom]), col_first, col_weights)
-        return _resample_rows(_swap_axes(columns), row_first - src_top, row_weights)
-    shortened = _resample_rows(rows, row_first, row_weights)
-    return _swap_axes(_resample_rows(_swap_axes(shortened), col_first, col_weights))
+        columns = resample_rows(swap_axes(rows[src_top:src_bottom]), col_first, col_weights)
+        return resample_rows(swap_axes(columns), row_first - src_top, row_weights)
+    shortened = resample_rows(rows, row_first, row_weights)
+    return swap_axes(resample_rows(swap_axes(shortened), col_first, col_weights))
 
 
 @functools.lru_cache(maxsize=512)
@@ -150,12 +163,13 @@ def _pillow_order(in_size: Size, out_size: Size) -> bool | None:
 def resize_crop(pixels: np.ndarray, size: Size, box: Box) -> np.ndarray | None:
     """``Image.fromarray(pixels).resize(size, BICUBIC).crop(box)`` as a (rows, cols * 3)
     uint8 array, or None where Pillow should do it: its arithmetic is not reproduced for
-    these sizes, the source is over :data:`PROBE_MAX_PIXELS`, or ``box`` reaches outside
-    the resized image (Pillow pads). ``pixels``: (h, w, 3) uint8."""
+    these sizes, the source is over :data:`PROBE_MAX_PIXELS`, ``box`` reaches outside the
+    resized image (Pillow pads), or the compiled loops are not loaded (yet).
+    ``pixels``: (h, w, 3) uint8."""
     height, width = pixels.shape[:2]
     left, top, right, bottom = box
     if not (0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]) \
-            or width * height > PROBE_MAX_PIXELS:
+            or width * height > PROBE_MAX_PIXELS or loaded_kernels() is None:
         return None
     order = _pillow_order((width, height), size)
     return None if order is None else _resize(pixels, size, box, order)
@@ -164,9 +178,17 @@ def resize_crop(pixels: np.ndarray, size: Size, box: Box) -> np.ndarray | None:
 def normalised_planes(pixels: np.ndarray, mean: tuple[float, float, float],
                       std: tuple[float, float, float]) -> np.ndarray:
     """(h, w, 3) or (h, w * 3) uint8 RGB -> (3, h, w) float32 ``(value / 255 - mean) / std``,
-    computed as one multiply and one add per value (equal to the formula within float32
-    rounding, < 1e-6)."""
-    scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float64))
-    offset = -np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)
+    computed as one multiply and one add per value, each rounded to float32 (equal to the
+    formula within float32 rounding, < 1e-6; the compiled loop and numpy give the same
+    floats)."""
+    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float64))).astype(np.float32)
+    offset = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)
+              ).astype(np.float32)
     rows = np.ascontiguousarray(pixels).reshape(pixels.shape[0], -1)
-    return _planes(rows, scale.astype(np.float32), offset.astype(np.float32))
+    if (kernels := loaded_kernels()) is not None:
+        return kernels.planes(rows, scale, offset)
+    planes = np.ascontiguousarray(rows.reshape(rows.shape[0], -1, 3).transpose(2, 0, 1),
+                                  dtype=np.float32)
+    planes *= scale[:, None, None]
+    planes += offset[:, None, None]
+    return planes

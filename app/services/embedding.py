@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import io
 import logging
 import os
 import sys
@@ -91,13 +90,6 @@ class EmbeddingService:
         """Bytes -> (RGB image, model input); raises ImageDecodeError. Call off the loop."""
         image = load_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
         return image, preprocess(image, self.embedder.preprocessing)
-
-    def warm_up(self) -> None:
-        """Decode one small generated photo, so that the first request does not wait for
-        the preprocessing kernels to compile or load (seconds; models/resample.py)."""
-        buffer = io.BytesIO()
-        Image.new("RGB", (64, 48), (128, 128, 128)).save(buffer, format="JPEG")
-        self.decode(buffer.getvalue())
 
     async def decode_async(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
         """:meth:`decode` on the decoding pool, off the event loop."""

@@ -11,6 +11,7 @@ from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.stores import open_store
+from models import resample
 from models.runtimes.factory import model_lanes, open_embedder
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,12 @@ class ServiceState:
         try:
             await asyncio.to_thread(self._load_model)
             assert self.embedding is not None
-            await asyncio.to_thread(self.embedding.warm_up)
             await self.embedding.start()
             self.detail = "starting: embedding the gallery"
             stats = self.startup_stats = await asyncio.to_thread(self._load_gallery)
+            # The compiled resize loads now, off the start-up's path (~1 s); requests
+            # meanwhile resize with Pillow, to the same pixels.
+            resample.load_in_background()
             self.startup_seconds = time.time() - self.started_at
             self.ready, self.detail = True, "ready"
             assert self.gallery is not None

@@ -1,6 +1,10 @@
 """The crop-only bicubic resize gives Pillow's pixels exactly, whatever the sizes, and
 falls back to Pillow where it cannot."""
 
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -113,7 +117,52 @@ def test_boxes_outside_the_image_and_huge_sources_are_left_to_pillow(monkeypatch
                                   normalised_planes(expected, pre.mean, pre.std))
 
 
-def test_normalised_planes_match_the_formula():
+def test_until_the_compiled_loops_are_loaded_pillow_resizes_and_nobody_waits(monkeypatch):
+    """A service loads the loops in the background: a photo preprocessed meanwhile gets
+    Pillow's pixels at once (the same numbers), and the loops serve once loaded."""
+    loading, release = threading.Event(), threading.Event()
+    real_load = resample._load
+
+    def slow_load():
+        loading.set()
+        release.wait(10)
+        real_load()
+
+    monkeypatch.setattr(resample, "_kernels", None)
+    monkeypatch.setattr(resample, "_load", slow_load)
+    pixels = pixels_of(120, 90, seed=7, smooth=True)
+    size, box = (160, 120), (10, 10, 150, 110)
+    thread = resample.load_in_background()
+    assert thread is not None and loading.wait(10)
+    started = time.perf_counter()
+    assert resize_crop(pixels, size, box) is None  # Pillow's turn: the loops are loading
+    assert time.perf_counter() - started < 1.0
+    planes = preprocess(Image.fromarray(pixels), Preprocessing(image_size=64))
+    release.set()
+    thread.join(10)
+    assert resample._kernels is not None and resample.load_in_background() is None
+    np.testing.assert_array_equal(resize_crop(pixels, size, box),
+                                  pillow_resize_crop(pixels, size, box))
+    np.testing.assert_array_equal(preprocess(Image.fromarray(pixels),
+                                             Preprocessing(image_size=64)), planes)
+
+
+def test_loops_that_cannot_load_leave_pillow_resizing(monkeypatch, caplog):
+    monkeypatch.setattr(resample, "_kernels", None)
+    monkeypatch.setattr(resample, "_failed", False)
+    monkeypatch.setitem(sys.modules, "models.resample_kernels", None)  # import fails
+    pixels = pixels_of(60, 40, seed=8, smooth=False)
+    assert resize_crop(pixels, (90, 60), (0, 0, 90, 60)) is None
+    assert resample._failed and "resizing with Pillow" in caplog.text
+    pre = Preprocessing(image_size=32)
+    # 60 x 40 -> shorter side round(32 / 0.875) = 37: 55 x 37, centre crop 32 from (12, 2).
+    expected = np.asarray(Image.fromarray(pixels).resize((55, 37), Image.Resampling.BICUBIC)
+                          .crop((12, 2, 44, 34)))
+    np.testing.assert_array_equal(preprocess(Image.fromarray(pixels), pre),
+                                  normalised_planes(expected, pre.mean, pre.std))
+
+
+def test_normalised_planes_match_the_formula(monkeypatch):
     pixels = pixels_of(33, 21, seed=5, smooth=False)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     planes = normalised_planes(pixels, mean, std)
@@ -122,6 +171,11 @@ def test_normalised_planes_match_the_formula():
         / np.asarray(std)[:, None, None]
     np.testing.assert_allclose(planes, reference, atol=1e-6)
     np.testing.assert_array_equal(normalised_planes(pixels.reshape(21, -1), mean, std), planes)
+    # numpy's in-place float32 operations, before the compiled loops are loaded, give the
+    # same floats.
+    monkeypatch.setattr(resample, "_kernels", None)
+    monkeypatch.setattr(resample, "_failed", True)
+    np.testing.assert_array_equal(normalised_planes(pixels, mean, std), planes)
 
 
 @pytest.mark.parametrize("size", [(224, 224), (640, 427), (300, 900), (180, 120)])
