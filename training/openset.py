@@ -171,14 +171,13 @@ def balanced_accuracy(a: dict[str, float]) -> float:
     return (a["new_accuracy"] + rejection(a)) / 2
 
 
-def service_accuracy(s: SplitScores, threshold: float) -> float:
-    """What the threshold is chosen for: the mean of new kinds answered right, unknowns
-    rejected (the two kinds of unknown alike) and, where the split has them, the gallery's
-    own kinds answered right. Balanced accuracy alone would buy rejection with the known
-    kinds' photos, which are most of what a service is asked."""
-    a = thresholded(s, threshold)
+def service_accuracy(a: dict[str, float]) -> float:
+    """What the threshold is chosen for, of :func:`thresholded`'s accuracies: the mean of
+    new kinds answered right, :func:`rejection` and, where the split has them (not nan), the
+    gallery's own kinds answered right. Balanced accuracy alone would buy rejection with the
+    known kinds' photos, which are most of what a service is asked."""
     parts = [a["new_accuracy"], rejection(a)]
-    if len(s.known_truth):
+    if not np.isnan(a["known_accuracy"]):
         parts.append(a["known_accuracy"])
     return float(np.mean(parts))
 
@@ -194,7 +193,7 @@ def split_metrics(s: SplitScores, threshold: float) -> dict[str, float]:
         float("nan"),
     }
     result["balanced_accuracy"] = balanced_accuracy(result)
-    result["service_accuracy"] = service_accuracy(s, threshold)
+    result["service_accuracy"] = service_accuracy(result)
     return result
 
 
@@ -287,7 +286,8 @@ def threshold_and_confidence(scored: dict[int, list[SplitScores]]
     per_split = [1 / len(group) for group in scored.values() for _ in group]  # each K alike
 
     def mean_service_accuracy(t: float) -> float:
-        return float(np.average([service_accuracy(s, t) for s in every], weights=per_split))
+        return float(np.average([service_accuracy(thresholded(s, t)) for s in every],
+                               weights=per_split))
 
     best = float(max(candidates, key=mean_service_accuracy))
     groups = [(answers, right, weight / len(splits))  # every K weighs the same

@@ -96,7 +96,8 @@ def test_threshold_and_confidence_by_hand():
     threshold, accuracy, (a, c, b) = openset.threshold_and_confidence({1: [scores]})
     assert -1.0 < threshold <= 0.5
     assert accuracy == pytest.approx((2 / 3 + 0.75 + 0.5) / 3)
-    assert openset.service_accuracy(scores, 0.75) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert openset.service_accuracy(openset.thresholded(scores, 0.75)) == pytest.approx(
+        (2 / 3 + 1 + 0) / 3)
     assert a + c > 0  # higher score and margin, more likely right
 
 
