@@ -171,8 +171,7 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     left = int(round((size[0] - crop) / 2.0))
     top = int(round((size[1] - crop) / 2.0))
     box = (left, top, left + crop, top + crop)
-    pixels = np.asarray(image)
-    cropped = resize_crop(pixels, size, box) if size != image.size else None
+    cropped = resize_crop(np.asarray(image), size, box) if size != image.size else None
     if cropped is None:
         resized = image.resize(size, Image.Resampling.BICUBIC) if size != image.size else image
         cropped = np.asarray(resized.crop(box))

@@ -90,14 +90,24 @@ def _load() -> None:
         log.exception("the compiled resize could not be loaded; resizing with Pillow")
 
 
+def _load_and_release() -> None:
+    """With ``_loading`` held: load the loops unless that is done or failed, then let go."""
+    try:
+        if _kernels is None and not _failed:
+            _load()
+    finally:
+        _loading.release()
+
+
+def _start_loading() -> bool:
+    """Take ``_loading`` if the loops are still to load and nobody else is loading them."""
+    return _kernels is None and not _failed and _loading.acquire(blocking=False)
+
+
 def loaded_kernels() -> ModuleType | None:
     """The compiled loops; the first caller loads them, other callers meanwhile get None."""
-    if _kernels is None and not _failed and _loading.acquire(blocking=False):
-        try:
-            if _kernels is None and not _failed:
-                _load()
-        finally:
-            _loading.release()
+    if _start_loading():
+        _load_and_release()
     return _kernels
 
 
@@ -105,17 +115,9 @@ def load_in_background() -> threading.Thread | None:
     """Load the compiled loops on a thread of their own (None: loaded, or being loaded,
     already). Until they are loaded every call uses Pillow: the lock is taken here, so no
     request can start loading them itself and wait."""
-    if _kernels is not None or _failed or not _loading.acquire(blocking=False):
+    if not _start_loading():
         return None
-
-    def load() -> None:
-        try:
-            if _kernels is None and not _failed:
-                _load()
-        finally:
-            _loading.release()
-
-    thread = threading.Thread(target=load, name="resample-kernels", daemon=True)
+    thread = threading.Thread(target=_load_and_release, name="resample-kernels", daemon=True)
     thread.start()
     return thread
 
