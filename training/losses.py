@@ -1,5 +1,5 @@
-"""Losses: the triplet margin loss, the multi-similarity loss, and a similarity-preserving
-regulariser."""
+"""Losses: the triplet margin loss, the multi-similarity loss, the proxy-anchor loss, and a
+similarity-preserving regulariser."""
 
 from __future__ import annotations
 
@@ -61,6 +61,46 @@ def multi_similarity_loss(
     per_anchor = pos_term.logsumexp(1) / alpha + neg_term.logsumexp(1) / beta
     kept = (kept_positive.any(1) | kept_negative.any(1)) & valid
     return per_anchor[valid].mean(), float(kept[valid].float().mean())
+
+
+class ProxyAnchorLoss(torch.nn.Module):
+    """Proxy-anchor loss (Kim et al. 2020): one learnt proxy per training class.
+
+    Each proxy p that has positives X+ in the batch pays log(1 + sum exp(-alpha (S_xp - delta)))
+    over them, and every proxy pays log(1 + sum exp(alpha (S_xp + delta))) over its negatives;
+    the first sum is averaged over proxies with positives, the second over all proxies. Each
+    photo is pulled toward its class and pushed from every other class at once, not only from
+    what one batch happens to hold. ``init`` starts the proxies (e.g. the class means of the
+    starting encoder's embeddings) so that the first steps do not pull toward random points.
+    """
+
+    def __init__(self, num_classes: int, dim: int, alpha: float = 32.0, delta: float = 0.1,
+                 init: torch.Tensor | None = None):
+        super().__init__()
+        start = init.clone().float() if init is not None else torch.randn(num_classes, dim)
+        if start.shape != (num_classes, dim):
+            raise ValueError(f"proxy init has shape {tuple(start.shape)}, "
+                             f"expected {(num_classes, dim)}")
+        self.proxies = torch.nn.Parameter(F.normalize(start, dim=1))
+        self.alpha = alpha
+        self.delta = delta
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                float]:
+        """The loss, and the share of photos whose own proxy does not lead every other proxy
+        by 2 delta (the photos the loss still moves most)."""
+        sim = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.proxies, dim=1).T
+        positive = F.one_hot(labels, len(self.proxies)).bool()
+        pos_exp = torch.exp(-self.alpha * (sim - self.delta)).masked_fill(~positive, 0.0)
+        neg_exp = torch.exp(self.alpha * (sim + self.delta)).masked_fill(positive, 0.0)
+        with_positives = positive.any(0)
+        pos_term = torch.log1p(pos_exp.sum(0))[with_positives].sum() / with_positives.sum()
+        neg_term = torch.log1p(neg_exp.sum(0)).sum() / len(self.proxies)
+        with torch.no_grad():
+            own = sim.gather(1, labels[:, None]).squeeze(1)
+            other = sim.masked_fill(positive, float("-inf")).amax(1)
+            within_margin = float((own - other < 2 * self.delta).float().mean())
+        return pos_term + neg_term, within_margin
 
 
 def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

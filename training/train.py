@@ -38,6 +38,7 @@ from training.data import (
 )
 from training.embedding import default_workers, embed_folder
 from training.losses import (
+    ProxyAnchorLoss,
     mined_triplet_loss,
     multi_similarity_loss,
     similarity_distillation_loss,
@@ -65,9 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--p", type=int, default=16, help="classes per batch")
     p.add_argument("--k", type=int, default=4, help="images per class per batch")
-    p.add_argument("--loss", choices=["triplet", "multi-similarity"], default="triplet",
-                   help="multi-similarity weighs every informative pair of a P x K batch and "
-                        "does its own mining (--mining and --margin are for triplet)")
+    p.add_argument("--loss", choices=["triplet", "multi-similarity", "proxy-anchor"],
+                   default="triplet",
+                   help="multi-similarity weighs every informative pair of a P x K batch; "
+                        "proxy-anchor learns one proxy per class, started at the class means "
+                        "(--mining and --margin are for triplet)")
+    p.add_argument("--proxy-lr", type=float, default=1e-2,
+                   help="learning rate of the proxy-anchor loss's proxies")
     p.add_argument("--mining", choices=["batch-hard", "semi-hard", "offline"],
                    default="batch-hard")
     p.add_argument("--margin", type=float, default=0.2)
@@ -177,6 +182,18 @@ def init_head_pca(encoder: Encoder, folder: ImageFolder, pre: Preprocessing,
     head.bias.copy_((-components @ mean).to(head.bias))
 
 
+@torch.no_grad()
+def class_mean_embeddings(encoder: Encoder, folder: ImageFolder, pre: Preprocessing,
+                          device: torch.device, workers: int) -> torch.Tensor:
+    """Each class's mean embedding (unit length) under ``encoder`` as it is now."""
+    embeddings = embed_folder(TorchEmbedder(encoder, pre, device), folder, workers=workers,
+                              desc="proxy init")
+    labels = torch.as_tensor(folder.labels)
+    sums = torch.zeros(len(folder.classes), embeddings.shape[1])
+    sums.index_add_(0, labels, torch.from_numpy(embeddings).float())
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if step < warmup:
@@ -267,7 +284,8 @@ class Schedule:
 def train_one_epoch(encoder: Encoder, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, schedule: Schedule, step: int,
                     args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None,
-                    teacher: Encoder | None, desc: str) -> tuple[dict[str, float], int]:
+                    teacher: Encoder | None, proxy_loss: ProxyAnchorLoss | None,
+                    desc: str) -> tuple[dict[str, float], int]:
     """One pass over ``loader``: mine triplets (or weigh all pairs) in each batch, step.
     Returns the epoch's mean loss, share of active triplets (or anchors) and distillation
     loss, and the next step number."""
@@ -291,7 +309,9 @@ def train_one_epoch(encoder: Encoder, loader: DataLoader, optimizer: torch.optim
             if teacher is not None:
                 with torch.no_grad():
                     teacher_embeddings = teacher(images)
-        if args.loss == "multi-similarity":
+        if proxy_loss is not None:
+            loss, active = proxy_loss(embeddings, labels)
+        elif args.loss == "multi-similarity":
             loss, active = multi_similarity_loss(embeddings, labels)
         else:
             if args.mining == "batch-hard":
@@ -325,18 +345,23 @@ class ResumeState:
     history: list[dict] = field(default_factory=list)
     initial_head: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def save(self, path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer) -> None:
+    def save(self, path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer,
+             loss_module: nn.Module | None = None) -> None:
+        loss_state = loss_module.state_dict() if loss_module is not None else {}
         atomic_torch_save({"model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                           "loss": loss_state,
                            "epoch": self.epoch, "best": self.best, "history": self.history,
                            "rng": torch.get_rng_state(), "initial_head": self.initial_head},
                           path)
 
     @classmethod
     def load(cls, path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer,
-             device: torch.device) -> ResumeState:
-        """Restore the weights, the optimizer and torch's RNG from ``path``."""
+             device: torch.device, loss_module: nn.Module | None = None) -> ResumeState:
+        """Restore the weights, the loss's own parameters, the optimizer and torch's RNG."""
         state = torch.load(path, map_location=device, weights_only=True)
         encoder.load_state_dict(state["model"])
+        if loss_module is not None:
+            loss_module.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         return cls(state["epoch"], state["best"], state["history"], state["initial_head"])
@@ -344,8 +369,8 @@ class ResumeState:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.loss == "multi-similarity" and args.mining == "offline":
-        raise SystemExit("--loss multi-similarity needs P x K batches, not --mining offline")
+    if args.loss != "triplet" and args.mining == "offline":
+        raise SystemExit(f"--loss {args.loss} needs P x K batches, not --mining offline")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -372,6 +397,12 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = None
     if args.distill_weight > 0:
         teacher = copy.deepcopy(encoder).eval().requires_grad_(False)
+    proxy_loss = None
+    if args.loss == "proxy-anchor":
+        start = None if args.resume else class_mean_embeddings(encoder, train, pre, device,
+                                                                args.workers)
+        proxy_loss = ProxyAnchorLoss(len(train.classes), args.embedding_dim, init=start)
+        proxy_loss = proxy_loss.to(device)
     frozen = freeze_stages(encoder.backbone, args.freeze_stages)
     # channels_last is ~2x faster for these convolutions on CPU and GPU alike.
     encoder = encoder.to(memory_format=torch.channels_last)
@@ -382,6 +413,9 @@ def main(argv: list[str] | None = None) -> dict:
          {"params": backbone_params, "lr": args.lr * args.backbone_lr_mult}],
         weight_decay=args.weight_decay,
     )
+    if proxy_loss is not None:
+        optimizer.add_param_group({"params": proxy_loss.parameters(), "lr": args.proxy_lr,
+                                   "weight_decay": 0.0})
     augment = train_transform(pre, args.augment) if args.augment > 0 else eval_transform(pre)
     loader, sampler = make_loader(args, train, augment)
     schedule = Schedule([group["lr"] for group in optimizer.param_groups],
@@ -391,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     state = ResumeState(initial_head=initial_head)
     if args.resume:
-        state = ResumeState.load(last_path, encoder, optimizer, device)
+        state = ResumeState.load(last_path, encoder, optimizer, device, proxy_loss)
         log.info("resumed from %s at epoch %d", last_path, state.epoch)
 
     started = time.time()
@@ -403,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
         if sampler is not None:
             sampler.set_epoch(epoch)
         epoch_stats, step = train_one_epoch(encoder, loader, optimizer, scaler, schedule, step,
-                                            args, device, dtype, teacher,
+                                            args, device, dtype, teacher, proxy_loss,
                                             desc=f"epoch {epoch + 1}/{args.epochs}")
         epoch_stats.update(epoch=epoch + 1, seconds=round(time.time() - started, 1))
         val_metrics = validate(encoder, val, val_gallery, pre, device, args.workers)
@@ -426,7 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
             save_checkpoint(args.out, encoder, meta, half=args.half)
             log.info("saved best checkpoint to %s", args.out)
         state.epoch = epoch + 1
-        state.save(last_path, encoder, optimizer)
+        state.save(last_path, encoder, optimizer, proxy_loss)
     log.info("done in %.0f s; best checkpoint %s", time.time() - started, args.out)
     return {"history": state.history, "best": state.best, "encoder": encoder}
 

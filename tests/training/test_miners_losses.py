@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from training.losses import (
+    ProxyAnchorLoss,
     multi_similarity_loss,
     similarity_distillation_loss,
     triplet_margin_loss,
@@ -126,3 +127,41 @@ def test_multi_similarity_of_a_batch_without_positives_is_zero_with_a_gradient()
     loss, active = multi_similarity_loss(emb, torch.tensor([0, 1, 2]))
     loss.backward()
     assert loss.item() == 0.0 and active == 0.0
+
+
+def test_proxy_anchor_loss_by_hand():
+    # Proxies at 0 and 90 degrees (a third, at 180, has no photo in the batch); photos of
+    # class 0 at 10 and 50 degrees, of class 1 at 80.
+    loss_fn = ProxyAnchorLoss(3, 2, alpha=4.0, delta=0.1, init=on_circle(0, 90, 180))
+    loss, within_margin = loss_fn(on_circle(10, 50, 80), torch.tensor([0, 0, 1]))
+    cos = {d: math.cos(math.radians(d)) for d in (10, 40, 50, 80, 90, 100, 130, 170)}
+
+    def pos(*s: float) -> float:
+        return math.log1p(sum(math.exp(-4 * (x - 0.1)) for x in s))
+
+    def neg(*s: float) -> float:
+        return math.log1p(sum(math.exp(4 * (x + 0.1)) for x in s))
+
+    positives = (pos(cos[10], cos[50]) + pos(cos[10])) / 2  # two proxies have photos
+    negatives = (neg(cos[80]) + neg(cos[80], cos[40]) + neg(cos[170], cos[130], cos[100])) / 3
+    assert loss.item() == pytest.approx(positives + negatives, rel=1e-5)
+    # The photos at 10 and 80 lead the other proxies by cos 10 - cos 80 > 0.2; the photo at
+    # 50 trails the proxy at 90 (cos 50 - cos 40 < 0).
+    assert within_margin == pytest.approx(1 / 3)
+
+
+def test_proxy_anchor_step_pulls_photos_to_their_proxies():
+    torch.manual_seed(0)
+    loss_fn = ProxyAnchorLoss(4, 8)
+    emb = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    labels = torch.arange(16) % 4
+    loss, _ = loss_fn(emb, labels)
+    loss.backward()
+    assert loss_fn.proxies.grad is not None and loss_fn.proxies.grad.abs().sum() > 0
+    stepped = torch.nn.functional.normalize(emb.detach() - 0.01 * emb.grad, dim=1)
+    assert loss_fn(stepped, labels)[0].item() < loss.item()
+
+
+def test_proxy_anchor_refuses_an_init_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="shape"):
+        ProxyAnchorLoss(3, 2, init=torch.zeros(2, 2))

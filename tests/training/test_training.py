@@ -78,6 +78,24 @@ def test_multi_similarity_loss_trains_and_is_recorded(synthetic_folder, tmp_path
                     "--loss", "multi-similarity", "--mining", "offline", *TINY])
 
 
+def test_proxy_anchor_loss_trains_and_resumes_with_its_proxies(synthetic_folder, tmp_path):
+    out = tmp_path / "enc.pt"
+    common = ["--data", str(synthetic_folder), "--out", str(out), "--p", "4", "--k", "4",
+              "--steps-per-epoch", "4", "--lr", "3e-3", "--backbone-lr-mult", "1.0",
+              "--seed", "1", "--loss", "proxy-anchor", *TINY]
+    result = train.main([*common, "--epochs", "3"])
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < losses[0], losses
+    assert load_checkpoint(out).meta.train_args["loss"] == "proxy-anchor"
+    proxies = torch.load(out.with_name(out.name + ".last"), weights_only=True)["loss"]["proxies"]
+    assert proxies.shape == (4, 16)
+    resumed = train.main([*common, "--epochs", "4", "--resume"])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    with pytest.raises(SystemExit, match="P x K"):
+        train.main(["--data", str(synthetic_folder), "--out", str(out),
+                    "--loss", "proxy-anchor", "--mining", "offline", *TINY])
+
+
 def test_resume_continues_where_it_stopped(synthetic_folder, tmp_path):
     out = tmp_path / "enc.pt"
     common = ["--data", str(synthetic_folder), "--out", str(out), "--steps-per-epoch", "2",
