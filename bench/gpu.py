@@ -136,8 +136,8 @@ def bench_service(checkpoint: str, gallery: Path, device: torch.device, work: Pa
     queries = [p.read_bytes() for p in sorted(gallery.rglob("*.jpg"))[::7][:40]]
     requests = [search_request(q, port) for q in queries]
     with spec.run() as server:
-        by_kind, _ = asyncio.run(search_latencies(port, {"multipart": requests}, 100))
-        latencies = by_kind["multipart"]
+        latencies = asyncio.run(search_latencies(port, {"multipart": requests},
+                                                 100)).round_trip["multipart"]
         window = asyncio.run(search_throughput(port, requests, 16, seconds,
                                                server_pid=server.pid))
     latencies.sort()

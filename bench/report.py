@@ -84,6 +84,11 @@ def markdown(results: dict) -> str:
         *([f"| the same with the photo as the raw request body: p50, p50 - bare call (ms) | "
            f"{s['p50_raw_body_ms']:.1f}, {s['p50_overhead_raw_body_ms']:.1f} | | |"]
           if "p50_overhead_raw_body_ms" in s else []),
+        *([f"| /search p50 split: inside the service (the answer's `took_ms`: decode, "
+           f"preprocess, model call, search, answer) - bare call, and around it (HTTP, "
+           f"multipart, client: round trip - `took_ms`) (medians, ms) | "
+           f"{s['p50_in_service_ms'] - bare_ms:.1f}, {s['p50_around_service_ms']:.1f}"
+           f" | | |"] if "p50_in_service_ms" in s else []),
         f"| /search throughput, 16 clients, sustained (req/s; median of {LOAD_ROUNDS} rounds) | "
         f"{s['throughput_16_clients_per_s']:.1f} | | |",
         f"| model at batch 32 (one call or the lanes, the faster), measured just before the "

@@ -46,11 +46,16 @@ def test_bench_load_generator_speaks_http_to_the_service(tiny_checkpoint, tmp_pa
         raw = asyncio.run(one(search_request(query, port, raw=True)))
         assert raw["results"] == answer["results"]
         calls = []
-        latencies, bare = asyncio.run(search_latencies(
+        measured = asyncio.run(search_latencies(
             port, {"multipart": requests, "raw": [search_request(query, port, raw=True)]}, 4,
             lambda: calls.append(1), blocks=2))
-        assert len(latencies["multipart"]) == len(latencies["raw"]) == len(bare) == 4
+        latencies, in_service = measured.round_trip, measured.in_service
+        assert len(latencies["multipart"]) == len(latencies["raw"]) == len(measured.bare) == 4
         assert all(0 < t < 30 for t in latencies["multipart"] + latencies["raw"])
+        # the service's own time is part of each round trip, not all of it
+        for kind in ("multipart", "raw"):
+            assert all(0 < inside < whole
+                       for inside, whole in zip(in_service[kind], latencies[kind], strict=True))
         assert len(calls) == 4 + 2 * 2  # blocks of bare calls beside the requests, warm-ups
         window = asyncio.run(search_throughput(port, requests, 3, 1.0, warm_s=0.3,
                                                server_pid=server.pid))
