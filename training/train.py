@@ -361,6 +361,10 @@ class ResumeState:
         state = torch.load(path, map_location=device, weights_only=True)
         encoder.load_state_dict(state["model"])
         if loss_module is not None:
+            if not state.get("loss"):
+                raise SystemExit(f"{path} was not saved by a run with this loss's own "
+                                 "parameters (e.g. proxy-anchor's proxies): resume it with "
+                                 "the --loss it was started with")
             loss_module.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])

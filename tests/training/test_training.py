@@ -94,6 +94,10 @@ def test_proxy_anchor_loss_trains_and_resumes_with_its_proxies(synthetic_folder,
     with pytest.raises(SystemExit, match="P x K"):
         train.main(["--data", str(synthetic_folder), "--out", str(out),
                     "--loss", "proxy-anchor", "--mining", "offline", *TINY])
+    triplet_out = tmp_path / "triplet.pt"
+    train.main([*common, "--epochs", "1", "--loss", "triplet", "--out", str(triplet_out)])
+    with pytest.raises(SystemExit, match="--loss it was started with"):
+        train.main([*common, "--epochs", "2", "--resume", "--out", str(triplet_out)])
 
 
 def test_resume_continues_where_it_stopped(synthetic_folder, tmp_path):
