@@ -286,9 +286,10 @@ def train_one_epoch(encoder: Encoder, loader: DataLoader, optimizer: torch.optim
                     args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None,
                     teacher: Encoder | None, proxy_loss: ProxyAnchorLoss | None,
                     desc: str) -> tuple[dict[str, float], int]:
-    """One pass over ``loader``: mine triplets (or weigh all pairs) in each batch, step.
-    Returns the epoch's mean loss, share of active triplets (or anchors) and distillation
-    loss, and the next step number."""
+    """One pass over ``loader``: mine triplets (or weigh all pairs, or score against the
+    proxies) in each batch, step. Returns the epoch's mean loss, share of active triplets
+    (anchors that kept a pair; photos within the proxy margin) and distillation loss, and
+    the next step number."""
     sums = {"loss": 0.0, "active": 0.0, "distill": 0.0}
     bar = tqdm(loader, desc=desc, unit="batch")
     for batch in bar:
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
         val_metrics = validate(encoder, val, val_gallery, pre, device, args.workers)
         epoch_stats.update({f"val_{k}": v for k, v in val_metrics.items()})
         state.history.append(epoch_stats)
-        log.info("epoch %d: loss %.4f, active triplets %.2f, val recall@1 %s", epoch + 1,
+        log.info("epoch %d: loss %.4f, active %.2f, val recall@1 %s", epoch + 1,
                  epoch_stats["loss"], epoch_stats["active"], val_metrics.get("recall@1", "n/a"))
         # No usable validation data: keep the latest epoch.
         score = val_metrics["recall@1"] if val_metrics else float(epoch + 1)
