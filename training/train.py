@@ -161,17 +161,23 @@ def freeze_stages(backbone: nn.Module, count: int) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def init_head_pca(encoder: Encoder, folder: ImageFolder, pre: Preprocessing,
-                  device: torch.device, workers: int) -> None:
-    """Set the projection to the top principal directions of the ImageNet features, so
-    training starts from the pretrained geometry instead of a random projection."""
-    head = encoder.head
-    assert isinstance(head, nn.Linear)
+def backbone_features(encoder: Encoder, folder: ImageFolder, pre: Preprocessing,
+                      device: torch.device, workers: int) -> torch.Tensor:
+    """The backbone's unnormalised features of every photo of ``folder`` (CPU, float32),
+    computed once for both the PCA head and the proxies' start."""
     features_only = Encoder(encoder.backbone, encoder.feature_dim, None)
     embedder = TorchEmbedder(features_only, pre, device)
     # Unnormalised features: the PCA must see the backbone's real geometry.
     features_only.forward = features_only.features  # type: ignore[method-assign]
-    feats = torch.from_numpy(embed_folder(embedder, folder, workers=workers, desc="PCA init"))
+    return torch.from_numpy(embed_folder(embedder, folder, workers=workers,
+                                         desc="ImageNet features"))
+
+
+@torch.no_grad()
+def init_head_pca(head: nn.Module, feats: torch.Tensor) -> None:
+    """Set the projection to the top principal directions of the ImageNet features, so
+    training starts from the pretrained geometry instead of a random projection."""
+    assert isinstance(head, nn.Linear)
     mean = feats.mean(0)
     _, _, v = torch.linalg.svd(feats - mean, full_matrices=False)
     components = v[: head.out_features]
@@ -183,14 +189,14 @@ def init_head_pca(encoder: Encoder, folder: ImageFolder, pre: Preprocessing,
 
 
 @torch.no_grad()
-def class_mean_embeddings(encoder: Encoder, folder: ImageFolder, pre: Preprocessing,
-                          device: torch.device, workers: int) -> torch.Tensor:
-    """Each class's mean embedding (unit length) under ``encoder`` as it is now."""
-    embeddings = embed_folder(TorchEmbedder(encoder, pre, device), folder, workers=workers,
-                              desc="proxy init")
-    labels = torch.as_tensor(folder.labels)
-    sums = torch.zeros(len(folder.classes), embeddings.shape[1])
-    sums.index_add_(0, labels, torch.from_numpy(embeddings).float())
+def class_mean_embeddings(head: nn.Module, feats: torch.Tensor, labels: list[int],
+                          num_classes: int) -> torch.Tensor:
+    """Each class's mean embedding (unit length) under ``head`` as it is now: the
+    encoder's own embedding of each photo, from its backbone features."""
+    weight = next(head.parameters())
+    embeddings = torch.nn.functional.normalize(head(feats.to(weight)).float().cpu(), dim=1)
+    sums = torch.zeros(num_classes, embeddings.shape[1])
+    sums.index_add_(0, torch.as_tensor(labels), embeddings)
     return torch.nn.functional.normalize(sums, dim=1)
 
 
@@ -393,8 +399,12 @@ def main(argv: list[str] | None = None) -> dict:
     encoder = build_encoder(EncoderConfig(args.backbone, args.embedding_dim),
                             pretrained=not args.no_pretrained).to(device)
     last_path = args.out.with_name(args.out.name + ".last")
-    if args.head_init == "pca" and not args.resume:
-        init_head_pca(encoder, train, pre, device, args.workers)
+    # The starting point's features, where the PCA head or the proxies start from them.
+    feats = (backbone_features(encoder, train, pre, device, args.workers)
+             if not args.resume and (args.head_init == "pca" or args.loss == "proxy-anchor")
+             else None)
+    if args.head_init == "pca" and feats is not None:
+        init_head_pca(encoder.head, feats)
     # Kept in the checkpoint so the fine-tuned weights can be interpolated back toward the
     # starting point (python -m training.interpolate).
     initial_head = {k: v.detach().cpu().clone() for k, v in encoder.head.state_dict().items()}
@@ -404,8 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = copy.deepcopy(encoder).eval().requires_grad_(False)
     proxy_loss = None
     if args.loss == "proxy-anchor":
-        start = None if args.resume else class_mean_embeddings(encoder, train, pre, device,
-                                                                args.workers)
+        start = None if feats is None else class_mean_embeddings(
+            encoder.head, feats, train.labels, len(train.classes))
         proxy_loss = ProxyAnchorLoss(len(train.classes), args.embedding_dim, init=start)
         proxy_loss = proxy_loss.to(device)
     frozen = freeze_stages(encoder.backbone, args.freeze_stages)

@@ -100,6 +100,27 @@ def test_proxy_anchor_loss_trains_and_resumes_with_its_proxies(synthetic_folder,
         train.main([*common, "--epochs", "2", "--resume", "--out", str(triplet_out)])
 
 
+def test_proxies_start_at_the_class_means_of_the_encoders_own_embeddings(synthetic_folder):
+    """Derived from the backbone features the PCA head was made from, no second pass: equal
+    to embedding every photo with the whole encoder and averaging by class."""
+    from models.encoder import EncoderConfig, build_encoder
+    from models.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    encoder = build_encoder(EncoderConfig(TINY_BACKBONE, 16), pretrained=False).eval()
+    folder = scan_image_folder(synthetic_folder)
+    pre, device = Preprocessing(image_size=64), torch.device("cpu")
+    feats = train.backbone_features(encoder, folder, pre, device, workers=0)
+    train.init_head_pca(encoder.head, feats)
+    start = train.class_mean_embeddings(encoder.head, feats, folder.labels, len(folder.classes))
+    embedded = torch.from_numpy(embed_folder(TorchEmbedder(encoder, pre, device), folder,
+                                             workers=0))
+    labels = torch.as_tensor(folder.labels)
+    expected = torch.stack([torch.nn.functional.normalize(embedded[labels == c].mean(0), dim=0)
+                            for c in range(len(folder.classes))])
+    torch.testing.assert_close(start, expected, atol=1e-5, rtol=0)
+
+
 def test_resume_continues_where_it_stopped(synthetic_folder, tmp_path):
     out = tmp_path / "enc.pt"
     common = ["--data", str(synthetic_folder), "--out", str(out), "--steps-per-epoch", "2",
