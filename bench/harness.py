@@ -18,6 +18,26 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The instruction sets that decide how fast INT8 runs: VNNI multiplies u8 x s8 in one
+# instruction; on AVX2 alone the quantised model is about half as fast (docs/performance.md).
+CPU_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its INT8-relevant instruction sets, e.g. "AMD EPYC (avx512_vnni,
+    avx512f, avx2)", from ``/proc/cpuinfo`` (Linux); "" where it cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    present = ", ".join(f for f in CPU_FEATURES if f in flags) or "no AVX2"
+    return f"{fields.get('model name', 'unknown CPU')} ({present})"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ import torch
 
 from bench.embedding import bench_embedding, service_lanes
 from bench.faiss_index import bench_faiss
-from bench.harness import ROOT
+from bench.harness import ROOT, cpu_description
 from bench.http_load import bench_search
 from bench.postgres_search import bench_postgres
 from bench.report import add_ratios, load_ratio, markdown
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     # With --skip, the other parts' earlier numbers are kept.
     earlier = json.loads(args.out.read_text()) if skip - {""} and args.out.exists() else {}
     results: dict = {**earlier,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {cpu_description()}, "
+                   f"torch {torch.__version__}, "
                    f"CUDA {'yes' if torch.cuda.is_available() else 'no'}",
         "checkpoint": str(args.checkpoint),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -207,3 +207,13 @@ def test_postgres_search_bench_measures_exact_hnsw_and_faiss_on_a_real_server():
     result = bench_postgres([300], queries=10)["300"]
     assert result["hnsw_recall_at_5"] >= 0.9  # near-duplicate queries of stored vectors
     assert result["exact_ms"] > 0 and result["hnsw_ms"] > 0 and result["faiss_flat_ms"] > 0
+
+
+def test_the_machine_line_names_the_cpu_and_its_int8_instruction_sets():
+    from bench.harness import cpu_description
+
+    vnni = "processor\t: 0\nmodel name\t: AMD EPYC 9454\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+    assert cpu_description(vnni) == "AMD EPYC 9454 (avx512_vnni, avx512f, avx2)"
+    avx2 = "model name\t: Intel Xeon\nflags\t\t: fpu sse4_2 avx2\n"
+    assert cpu_description(avx2) == "Intel Xeon (avx2)"
+    assert cpu_description("flags\t: fpu sse2\n") == "unknown CPU (no AVX2)"
