@@ -12,9 +12,14 @@ from contextlib import contextmanager
 import faiss
 import numpy as np
 
-# One query is microseconds of work on one thread; OpenMP's default (every core) makes it
-# milliseconds and its spinning threads take the cores the model needs.
-faiss.omp_set_num_threads(1)
+
+def single_threaded() -> None:
+    """Run FAISS on the calling thread alone. One query is microseconds of work on one
+    thread; OpenMP's default (a team of every core) makes it milliseconds, and the team's
+    spinning threads take the cores the model needs. OpenMP keeps this setting per thread,
+    so it is made on the thread that calls FAISS (the event loop, a worker), not at import
+    (which may happen on another)."""
+    faiss.omp_set_num_threads(1)
 
 
 class ReadWriteLock:
@@ -69,6 +74,7 @@ class VectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        single_threaded()
         self._index.add_with_ids(np.ascontiguousarray(vectors, np.float32),
                                  np.asarray(ids, np.int64))
 
@@ -77,11 +83,13 @@ class VectorIndex:
 
     def remove(self, ids: list[int]) -> None:
         if ids:
+            single_threaded()
             self._index.remove_ids(np.asarray(ids, np.int64))
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         k = min(k, len(self))
         if k == 0:
             return []
+        single_threaded()
         scores, ids = self._index.search(np.ascontiguousarray(vector[None], np.float32), k)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
