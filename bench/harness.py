@@ -25,12 +25,12 @@ CPU_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 def cpu_description(cpuinfo: str | None = None) -> str:
     """The CPU's model name and its INT8-relevant instruction sets, e.g. "AMD EPYC (avx512_vnni,
-    avx512f, avx2)", from ``/proc/cpuinfo`` (Linux); "" where it cannot be read."""
+    avx512f, avx2)", from ``/proc/cpuinfo`` (Linux); "unknown CPU" where it cannot be read."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return ""
+            return "unknown CPU"
     fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     flags = set(fields.get("flags", "").split())

@@ -217,3 +217,4 @@ def test_the_machine_line_names_the_cpu_and_its_int8_instruction_sets():
     avx2 = "model name\t: Intel Xeon\nflags\t\t: fpu sse4_2 avx2\n"
     assert cpu_description(avx2) == "Intel Xeon (avx2)"
     assert cpu_description("flags\t: fpu sse2\n") == "unknown CPU (no AVX2)"
+    assert cpu_description("") == "unknown CPU (no AVX2)"
