@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from models.base import cpu_fields
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,14 +27,8 @@ CPU_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 def cpu_description(cpuinfo: str | None = None) -> str:
     """The CPU's model name and its INT8-relevant instruction sets, e.g. "AMD EPYC (avx512_vnni,
-    avx512f, avx2)", from ``/proc/cpuinfo`` (Linux); "unknown CPU" where it cannot be read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return "unknown CPU"
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    avx512f, avx2)", from ``/proc/cpuinfo`` or the text given."""
+    fields = cpu_fields(cpuinfo)
     flags = set(fields.get("flags", "").split())
     present = ", ".join(f for f in CPU_FEATURES if f in flags) or "no AVX2"
     return f"{fields.get('model name', 'unknown CPU')} ({present})"

@@ -57,6 +57,18 @@ def _hash_file(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The fields of ``/proc/cpuinfo`` (or of the text given), e.g. "model name" and "flags";
+    {} where it cannot be read (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    pairs = (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (a container's cpuset, not the whole host's count)."""
     if hasattr(os, "sched_getaffinity"):

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models.backbones import DEFAULT_BACKBONE, backbone_stages
+from models.base import cpu_fields
 from models.checkpoint import CheckpointMeta, atomic_torch_save, save_checkpoint
 from models.encoder import Encoder, EncoderConfig, build_encoder
 from models.preprocessing import Preprocessing, eval_transform, train_transform
@@ -221,11 +222,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = set(cpu_fields().get("flags", "").split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def gallery_sample(folder: ImageFolder, per_class: int) -> ImageFolder:
