@@ -51,7 +51,8 @@ class Classification(BaseModel):
     score: float = Field(description="the best label's score: with a calibrated checkpoint, "
                          "its cosine standardised by how the nearest other-kind photos score "
                          "against a label of that many photos (0 = a typical near "
-                         "look-alike); otherwise the cosine")
+                         "look-alike), plus the few-shot bonus of a label of under five "
+                         "photos; otherwise the cosine")
     confidence: float | None = Field(
         description="calibrated probability that closest_label is right, from the score and "
         "the margin; the answer itself is 'unknown' whenever the score is below the threshold, "

@@ -8,8 +8,12 @@ cosine is standardised by what a prototype of that many shots scores against the
 verification): ``z = (cosine - mean(n)) / std(n)``, ``mean`` and ``std`` measured on
 classes the checkpoint's own calibration saw (``python -m training.calibrate``) and
 interpolated in log n. Files calibrated before measured a genuine match's cosine instead
-(``statistic`` "genuine"); the formula is the same. The best label wins; below
-``threshold`` (on ``z``) the answer is ``unknown``.
+(``statistic`` "genuine"); the formula is the same. A label of fewer than FEW_SHOTS photos
+gets ``few_shot_bonus`` added to its ``z``, tapering in log n to nothing at FEW_SHOTS:
+standardising makes a few-shot label as unlikely as any other to claim an unrelated photo,
+but its own photos still match its noisy prototype less well, so without the bonus the
+well-stocked labels take them. The best label wins; below ``threshold`` (on the score) the
+answer is ``unknown``.
 ``confidence`` is a logistic fit of "the best label is right" on ``z`` and on the margin to
 the runner-up's ``z``. Without a calibration the score is the raw cosine.
 """
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.prototypes import prototypes
+
+FEW_SHOTS = 5  # labels of fewer photos than this get part of the few-shot bonus
 
 
 @dataclass(frozen=True)
@@ -34,11 +40,12 @@ class ShotCalibration:
     logistic: tuple[float, float, float]
     # "impostor": the nearest other-class photos' cosines; "genuine": same-class photos'
     statistic: str = "impostor"
+    few_shot_bonus: float = 0.0  # added to a one-shot label's z (see the module's doc)
 
     def to_dict(self) -> dict[str, object]:
         return {"shots": list(self.shots), "mean": list(self.mean), "std": list(self.std),
                 "threshold": self.threshold, "logistic": list(self.logistic),
-                "statistic": self.statistic}
+                "statistic": self.statistic, "few_shot_bonus": self.few_shot_bonus}
 
     @classmethod
     def from_dict(cls, data: dict) -> ShotCalibration:
@@ -47,7 +54,8 @@ class ShotCalibration:
         return cls(tuple(int(n) for n in data["shots"]),
                    tuple(float(v) for v in data["mean"]),
                    tuple(float(v) for v in data["std"]), float(data["threshold"]), (a, c, b),
-                   str(data.get("statistic", "genuine")))
+                   str(data.get("statistic", "genuine")),
+                   float(data.get("few_shot_bonus", 0.0)))
 
     def at(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) for labels of ``counts`` photos (clamped to the measured range)."""
@@ -55,9 +63,15 @@ class ShotCalibration:
         grid = np.log(np.asarray(self.shots, np.float64))
         return np.interp(x, grid, self.mean), np.interp(x, grid, self.std)
 
+    def bonus(self, counts: np.ndarray) -> np.ndarray:
+        """``few_shot_bonus`` at one photo, tapering in log n to 0 at FEW_SHOTS and beyond."""
+        n = np.maximum(np.asarray(counts, np.float64), 1)
+        return self.few_shot_bonus * np.clip(1 - np.log(n) / np.log(FEW_SHOTS), 0, 1)
+
     def standardise(self, cosines: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The rule's score of each label: its cosine standardised, plus its bonus."""
         mean, std = self.at(counts)
-        return (cosines - mean) / std
+        return (cosines - mean) / std + self.bonus(counts)
 
     def confidence(self, z: np.ndarray | float,
                    margin: np.ndarray | float = 0.0) -> np.ndarray | float:

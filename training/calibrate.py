@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--statistic", choices=["impostor", "genuine"], default="impostor",
                    help="standardise by the nearest impostors' cosines (default) or by a "
                         "genuine match's")
+    p.add_argument("--few-shot-bonus", type=float, default=0.0,
+                   help="added to a one-shot label's score (models/decision.py); "
+                   "training.openset --write-threshold chooses the one to ship with")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="onnx")
     p.add_argument("--cache", type=Path)
     p.add_argument("--write", action="store_true",
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
     means, stds = shot_statistics(vectors, rng, args.statistic)
     stats = ShotCalibration(SHOTS, tuple(means), tuple(stds), 0.0, (1.0, 0.0, 0.0),
-                            args.statistic)
+                            args.statistic, args.few_shot_bonus)
     other, _ = other_domain(opened.embedder, embed, None)
     simulated = {}
     for shots in (1, 5):

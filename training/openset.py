@@ -12,8 +12,9 @@ half the held-out classes; their other photos (both roots) must get their label,
 photos of the other half must get ``unknown``, as must other-domain photos
 (``--other-domain``, or generated synthetic scenes). The rule is the service's
 (``models/decision.py``): with the checkpoint's shot calibration, each label's cosine is
-standardised by its number of photos and ``unknown`` falls below the calibrated threshold;
-``--raw`` uses plain cosines instead, and ``--threshold`` replaces the threshold.
+standardised by its number of photos (plus the few-shot bonus) and ``unknown`` falls below
+the calibrated threshold; ``--raw`` uses plain cosines instead, ``--threshold`` replaces the
+threshold and ``--few-shot-bonus`` the bonus.
 
 Reported per K, mean and spread over the splits: new kinds' top-label accuracy (no
 threshold) and accuracy (thresholded), unknown rejection (held-out grocery kinds, other
@@ -327,8 +328,9 @@ def confidence_by_group(splits: list[SplitScores],
 
 def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]],
                     scored_with: ShotCalibration | None) -> ShotCalibration:
-    """Store the threshold with the best mean service accuracy over the K's, and the
-    confidence fit (:func:`threshold_and_confidence`), in ``checkpoint``."""
+    """Store the threshold with the best mean service accuracy over the K's, the confidence
+    fit (:func:`threshold_and_confidence`) and the few-shot bonus the splits were scored
+    with, in ``checkpoint``."""
     target = shot_calibration(load_checkpoint(checkpoint).meta.extra)
     if target is None:
         raise SystemExit(f"{checkpoint} has no shot statistics: run training.calibrate on it "
@@ -337,10 +339,11 @@ def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]],
         raise SystemExit(f"{checkpoint}'s scores are standardised by the {target.statistic} "
                          "statistic, these splits' are not: calibrate both alike first")
     threshold, _, logistic = threshold_and_confidence(scored)
-    chosen = dataclasses.replace(target, threshold=threshold, logistic=logistic)
+    chosen = dataclasses.replace(target, threshold=threshold, logistic=logistic,
+                                 few_shot_bonus=scored_with.few_shot_bonus)
     set_checkpoint_extra(checkpoint, "openset", chosen.to_dict())
-    print(f"wrote threshold {chosen.threshold} and confidence {chosen.logistic} into "
-          f"{checkpoint}")
+    print(f"wrote threshold {chosen.threshold}, few-shot bonus {chosen.few_shot_bonus} and "
+          f"confidence {chosen.logistic} into {checkpoint}")
     return chosen
 
 
@@ -356,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--raw", action="store_true", help="plain cosines, no shot calibration")
     p.add_argument("--threshold", type=float,
                    help="default: the calibration's, or the plain-cosine one (models/decision.py)")
+    p.add_argument("--few-shot-bonus", type=float,
+                   help="score with this few-shot bonus (default: the calibration's)")
     p.add_argument("--other-domain", type=Path, help="<class>/* photos that are all unknown")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="auto")
     p.add_argument("--cache", type=Path, help="reuse embeddings across runs")
@@ -364,13 +369,16 @@ def main(argv: list[str] | None = None) -> dict:
                    help="draw the accuracies against the threshold, one panel per K")
     p.add_argument("--write-threshold", type=Path, metavar="CHECKPOINT",
                    help="choose the threshold (best mean service accuracy over --shots) and "
-                   "the confidence fit on these splits, and store both in CHECKPOINT's "
-                   "calibration (its shot statistics stay; calibrate it first)")
+                   "the confidence fit on these splits, and store both, with the few-shot "
+                   "bonus they were scored with, in CHECKPOINT's calibration (its shot "
+                   "statistics stay; calibrate it first)")
     args = p.parse_args(argv)
     loaded = load_checkpoint(args.checkpoint)
     opened = open_embedder(loaded, args.runtime, "cpu")
     embedder, fingerprint = opened.embedder, opened.fingerprint
     calibration = None if args.raw else shot_calibration(loaded.meta.extra)
+    if calibration is not None and args.few_shot_bonus is not None:
+        calibration = dataclasses.replace(calibration, few_shot_bonus=args.few_shot_bonus)
     threshold = args.threshold if args.threshold is not None else unknown_threshold(calibration)
 
     def embed(folder: ImageFolder) -> np.ndarray:
@@ -387,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
     other, other_source = other_domain(embedder, embed, args.other_domain)
     results: dict = {"checkpoint": args.checkpoint, "runtime": embedder.name,
                      "rule": rule_name(calibration),
+                     "few_shot_bonus": calibration.few_shot_bonus if calibration else None,
                      "threshold": threshold, "heldout": heldout,
                      "gallery_classes": len(gallery.labels), "other_domain": other_source,
                      "splits": args.splits}

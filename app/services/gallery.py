@@ -151,8 +151,8 @@ class Gallery:
 
     def classify(self, vector: np.ndarray, top: int = 5) -> Ranking:
         """Labels ranked by the decision rule (``models/decision.py``): the cosine to each
-        label's prototype, standardised by its number of photos where the checkpoint
-        carries a shot calibration."""
+        label's prototype, standardised by its number of photos (and a few-shot label's
+        bonus) where the checkpoint carries a shot calibration."""
         stats = self.store.label_stats()
         return rank(vector, stats.labels, stats.sums, stats.counts, self.calibration, top)
 

@@ -1,5 +1,7 @@
 """The open-set decision rule (models/decision.py) on tiny hand-checkable numbers."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,28 @@ def test_a_one_shot_label_wins_when_its_cosine_is_typical_for_one_shot():
                                atol=1e-3)
     np.testing.assert_allclose(ranking.cosines, [0.5268, 0.85], atol=1e-3)
     assert ranking.counts.tolist() == [1, 16]
+
+
+def test_the_few_shot_bonus_is_whole_at_one_photo_and_gone_from_five():
+    boosted = dataclasses.replace(CAL, few_shot_bonus=0.5)
+    np.testing.assert_allclose(boosted.bonus(np.array([0, 1, 2, 5, 40])),
+                               [0.5, 0.5, 0.5 * (1 - np.log(2) / np.log(5)), 0.0, 0.0])
+    cosines, counts = np.array([[0.7, 0.7]]), np.array([1, 5])
+    np.testing.assert_allclose(boosted.standardise(cosines, counts) - CAL.standardise(cosines,
+                                                                                      counts),
+                               [[0.5, 0.0]])
+    # z of "many" (16 photos): (0.87 - 0.9) / 0.05 = -0.6; of "few" (1 photo):
+    # (0.493 - 0.6) / 0.1 = -1.07, which the bonus of 0.5 lifts to -0.57, ahead of "many".
+    sums, query = np.array([[16.0, 0.0], [0.0, 1.0]]), np.array([0.87, np.sqrt(1 - 0.87**2)])
+    counts = np.array([16, 1])
+    assert rank(query, ["many", "few"], sums, counts, CAL).labels == ["many", "few"]
+    assert rank(query, ["many", "few"], sums, counts, boosted).labels == ["few", "many"]
+
+
+def test_a_calibration_without_a_bonus_reads_as_none():
+    old = {k: v for k, v in dataclasses.replace(CAL, few_shot_bonus=0.2).to_dict().items()
+           if k != "few_shot_bonus"}
+    assert ShotCalibration.from_dict(old).few_shot_bonus == 0.0
 
 
 def test_without_a_calibration_the_score_is_the_cosine():

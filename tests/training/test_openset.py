@@ -141,11 +141,12 @@ def test_calibrate_then_choose_the_threshold_on_held_out_classes(tiny_checkpoint
     # The evaluation uses the stored rule, and stores the threshold it chose.
     results = openset.main(["--checkpoint", str(checkpoint), "--gallery", str(train),
                             "--queries", str(test), "--heldout", "red,green,blue,cyan",
-                            "--shots", "1", "--splits", "2",
+                            "--shots", "1", "--splits", "2", "--few-shot-bonus", "0.25",
                             "--write-threshold", str(checkpoint)])
-    assert results["rule"] == "shot-calibrated"
+    assert results["rule"] == "shot-calibrated" and results["few_shot_bonus"] == 0.25
     chosen = shot_calibration(load_checkpoint(checkpoint).meta.extra)
     assert chosen.threshold == results["threshold"] and chosen.mean == stored.mean
+    assert stored.few_shot_bonus == 0.0 and chosen.few_shot_bonus == 0.25
 
 
 def test_shot_statistics_by_hand():
