@@ -14,7 +14,8 @@ photos of the other half must get ``unknown``, as must other-domain photos
 (``models/decision.py``): with the checkpoint's shot calibration, each label's cosine is
 standardised by its number of photos (plus the few-shot bonus) and ``unknown`` falls below
 the calibrated threshold; ``--raw`` uses plain cosines instead, ``--threshold`` replaces the
-threshold and ``--few-shot-bonus`` the bonus.
+threshold and ``--few-shot-bonus`` the bonus (given several, the one with the best mean
+service accuracy at its best threshold is kept, and written with ``--write-threshold``).
 
 Reported per K, mean and spread over the splits: new kinds' top-label accuracy (no
 threshold) and accuracy (thresholded), unknown rejection (held-out grocery kinds, other
@@ -326,6 +327,23 @@ def confidence_by_group(splits: list[SplitScores],
     return report
 
 
+def best_few_shot_bonus(scored_with: Callable[[ShotCalibration], dict[int, list[SplitScores]]],
+                        calibration: ShotCalibration, bonuses: list[float]
+                        ) -> tuple[ShotCalibration, float, list[dict[str, float]]]:
+    """The calibration with the bonus of ``bonuses`` whose best threshold gives the best mean
+    service accuracy (:func:`threshold_and_confidence`), that threshold, and one row per
+    bonus."""
+    rows = []
+    for bonus in bonuses:
+        threshold, accuracy, _ = threshold_and_confidence(
+            scored_with(dataclasses.replace(calibration, few_shot_bonus=bonus)))
+        rows.append({"few_shot_bonus": bonus, "threshold": threshold,
+                     "service_accuracy": accuracy})
+    best = max(rows, key=lambda row: row["service_accuracy"])
+    return (dataclasses.replace(calibration, few_shot_bonus=best["few_shot_bonus"]),
+            best["threshold"], rows)
+
+
 def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]],
                     scored_with: ShotCalibration | None) -> ShotCalibration:
     """Store the threshold with the best mean service accuracy over the K's, the confidence
@@ -359,8 +377,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--raw", action="store_true", help="plain cosines, no shot calibration")
     p.add_argument("--threshold", type=float,
                    help="default: the calibration's, or the plain-cosine one (models/decision.py)")
-    p.add_argument("--few-shot-bonus", type=float,
-                   help="score with this few-shot bonus (default: the calibration's)")
+    p.add_argument("--few-shot-bonus", type=lambda text: [float(v) for v in text.split(",")],
+                   help="score with this few-shot bonus (default: the calibration's); "
+                   "several, comma-separated: keep the one whose best threshold gives the "
+                   "best mean service accuracy over --shots")
     p.add_argument("--other-domain", type=Path, help="<class>/* photos that are all unknown")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="auto")
     p.add_argument("--cache", type=Path, help="reuse embeddings across runs")
@@ -377,9 +397,6 @@ def main(argv: list[str] | None = None) -> dict:
     opened = open_embedder(loaded, args.runtime, "cpu")
     embedder, fingerprint = opened.embedder, opened.fingerprint
     calibration = None if args.raw else shot_calibration(loaded.meta.extra)
-    if calibration is not None and args.few_shot_bonus is not None:
-        calibration = dataclasses.replace(calibration, few_shot_bonus=args.few_shot_bonus)
-    threshold = args.threshold if args.threshold is not None else unknown_threshold(calibration)
 
     def embed(folder: ImageFolder) -> np.ndarray:
         return embed_folder_cached(embedder, folder, args.cache, fingerprint)
@@ -393,15 +410,32 @@ def main(argv: list[str] | None = None) -> dict:
                          embed(known_queries), names_of(known_queries))
     vectors = class_vectors(embed, args.gallery, args.queries, heldout)
     other, other_source = other_domain(embedder, embed, args.other_domain)
+    shot_counts = [int(k) for k in args.shots.split(",")]
+
+    def scored_with(rule: ShotCalibration | None) -> dict[int, list[SplitScores]]:
+        return {shots: [split_scores(vectors, gallery, heldout, other, shots, rule,
+                                     np.random.default_rng(seed))
+                        for seed in range(args.splits)] for shots in shot_counts}
+
+    threshold, sweep = unknown_threshold(calibration), []
+    if calibration is not None and args.few_shot_bonus:
+        if len(args.few_shot_bonus) > 1:
+            calibration, threshold, sweep = best_few_shot_bonus(scored_with, calibration,
+                                                                args.few_shot_bonus)
+        else:
+            calibration = dataclasses.replace(calibration,
+                                              few_shot_bonus=args.few_shot_bonus[0])
+    if args.threshold is not None:
+        threshold = args.threshold
+    scored = scored_with(calibration)
     results: dict = {"checkpoint": args.checkpoint, "runtime": embedder.name,
                      "rule": rule_name(calibration),
                      "few_shot_bonus": calibration.few_shot_bonus if calibration else None,
                      "threshold": threshold, "heldout": heldout,
                      "gallery_classes": len(gallery.labels), "other_domain": other_source,
                      "splits": args.splits}
-    scored = {shots: [split_scores(vectors, gallery, heldout, other, shots, calibration,
-                                   np.random.default_rng(seed)) for seed in range(args.splits)]
-              for shots in (int(k) for k in args.shots.split(","))}
+    if sweep:
+        results["few_shot_bonus_sweep"] = sweep
     confidence_of = calibration  # the confidence fit reported: the one written, if any
     if args.write_threshold:
         confidence_of = write_threshold(args.write_threshold, scored, calibration)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # threshold (on its shot-calibrated score; the model card says how it was chosen), or
     # 0.89 on plain cosines for a checkpoint without a calibration.
     classify_threshold: float | None = Field(None, ge=-100.0, le=100.0)
+    # Added to the score of a label of under five photos at one photo, tapering to 0 at five
+    # (models/decision.py). Unset: the checkpoint's calibrated bonus; 0 turns it off.
+    classify_few_shot_bonus: float | None = Field(None, ge=0.0, le=10.0)
     # Micro-batching where there are no model lanes (e.g. a GPU): under load, concurrent
     # searches wait at most this long to share one model call (a lone request never waits).
     batch_wait_ms: float = Field(4.0, ge=0)
@@ -61,7 +64,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator("gallery_dir", "api_key", "database_url", "classify_threshold",
-                     mode="before")
+                     "classify_few_shot_bonus", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
@@ -59,8 +59,11 @@ class ServiceState:
         lane_embedder, lanes = model_lanes(embedder, s.model_lanes, s.threads)
         self.embedding = EmbeddingService.from_settings(embedder, s, lane_embedder, lanes)
         self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
+        calibration = opened.openset
+        if calibration is not None and s.classify_few_shot_bonus is not None:
+            calibration = replace(calibration, few_shot_bonus=s.classify_few_shot_bonus)
         self.gallery = Gallery(open_store(s, embedder.dim, opened.fingerprint), self.embedding,
-                               opened.openset)
+                               calibration)
         log.info("loaded %s (fingerprint %s) on %s with runtime %s, %d model lanes under load",
                  s.checkpoint, opened.fingerprint, opened.device, embedder.name,
                  self.embedding.lanes)

@@ -120,6 +120,30 @@ def test_classify_uses_prototypes_and_the_threshold(tiny_checkpoint, gallery_dir
         assert body["label"] == "unknown" and body["score"] < 1.0
 
 
+def test_the_few_shot_bonus_is_the_checkpoints_unless_set(tiny_checkpoint, gallery_dir,
+                                                          tmp_path):
+    from models.checkpoint import set_checkpoint_extra
+    from models.decision import ShotCalibration
+
+    checkpoint = tmp_path / "calibrated.pt"
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    set_checkpoint_extra(checkpoint, "openset", ShotCalibration(
+        (1, 4), (0.5, 0.6), (0.1, 0.1), 0.0, (1.0, 0.0, 0.0), few_shot_bonus=0.4).to_dict())
+    scores = []
+    for name, bonus in (("stored", None), ("set", 1.5)):
+        with running(checkpoint, tmp_path / name, gallery_dir,
+                     classify_few_shot_bonus=bonus) as c:
+            # 200 on the second run with PostgreSQL, whose gallery outlives a service
+            assert enroll(c, photo("yellow", 3), "sunny").status_code in (200, 201)
+            body = c.post("/classify", files=upload(photo("red", 7))).json()
+            scores.append({x["label"]: x["score"] for x in body["candidates"]})
+    # "sunny" has one photo: its score rises by the whole difference; the gallery's labels
+    # (4 photos each) by its share at four, 1 - ln 4 / ln 5.
+    assert scores[1]["sunny"] - scores[0]["sunny"] == pytest.approx(1.1, abs=1e-4)
+    assert scores[1]["red"] - scores[0]["red"] == pytest.approx(
+        1.1 * (1 - np.log(4) / np.log(5)), abs=1e-4)
+
+
 def test_items_paging_and_filtering(client):
     page = client.get("/items", params={"offset": 2, "limit": 5}).json()
     assert page["total"] == 12 and page["offset"] == 2 and len(page["items"]) == 5

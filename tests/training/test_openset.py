@@ -55,6 +55,30 @@ def test_one_split_on_vectors_whose_answers_are_known():
     assert result["balanced_accuracy"] == 1.0 and result["auroc_unknown"] == 1.0
 
 
+def test_the_few_shot_bonus_kept_is_the_one_with_the_best_service_accuracy():
+    from models.decision import ShotCalibration
+
+    def answers(label: str, score: float) -> openset.Answers:
+        return openset.Answers(np.array([label], dtype=object), np.array([score]),
+                               np.array([score]))
+
+    def scored_with(rule: ShotCalibration) -> dict[int, list[openset.SplitScores]]:
+        # The new kind's photo scores the bonus; the known kind's 1.0, unknowns 0.5. Only
+        # a bonus above 0.5 lets one threshold take both kinds and turn the unknowns away.
+        split = openset.SplitScores(np.array(["a"], dtype=object),
+                                    answers("a", rule.few_shot_bonus), answers("a", 0.5),
+                                    answers("a", 0.5), np.array(["k"], dtype=object),
+                                    answers("k", 1.0))
+        return {1: [split]}
+
+    start = ShotCalibration((1,), (0.5,), (0.1,), 0.0, (1.0, 0.0, 0.0))
+    chosen, threshold, rows = openset.best_few_shot_bonus(scored_with, start, [0.0, 2.0, 0.4])
+    assert chosen.few_shot_bonus == 2.0 and 0.5 < threshold <= 1.0
+    assert [r["few_shot_bonus"] for r in rows] == [0.0, 2.0, 0.4]
+    # Below 0.5 one of the three accuracies is lost whatever the threshold; above, none is.
+    assert [r["service_accuracy"] for r in rows] == pytest.approx([2 / 3, 1.0, 2 / 3])
+
+
 def test_the_cli_reports_each_k_over_seeded_splits(tiny_checkpoint, tmp_path):
     classes = {k: COLOURS[k] for k in COLOURS}
     train = make_image_folder(tmp_path / "train", classes, per_class=4, seed=1)
@@ -141,12 +165,15 @@ def test_calibrate_then_choose_the_threshold_on_held_out_classes(tiny_checkpoint
     # The evaluation uses the stored rule, and stores the threshold it chose.
     results = openset.main(["--checkpoint", str(checkpoint), "--gallery", str(train),
                             "--queries", str(test), "--heldout", "red,green,blue,cyan",
-                            "--shots", "1", "--splits", "2", "--few-shot-bonus", "0.25",
+                            "--shots", "1", "--splits", "2", "--few-shot-bonus", "0,0.25",
                             "--write-threshold", str(checkpoint)])
-    assert results["rule"] == "shot-calibrated" and results["few_shot_bonus"] == 0.25
+    assert results["rule"] == "shot-calibrated"
+    best = max(results["few_shot_bonus_sweep"], key=lambda row: row["service_accuracy"])
+    assert results["few_shot_bonus"] == best["few_shot_bonus"]
     chosen = shot_calibration(load_checkpoint(checkpoint).meta.extra)
-    assert chosen.threshold == results["threshold"] and chosen.mean == stored.mean
-    assert stored.few_shot_bonus == 0.0 and chosen.few_shot_bonus == 0.25
+    assert chosen.threshold == results["threshold"] == best["threshold"]
+    assert chosen.mean == stored.mean and stored.few_shot_bonus == 0.0
+    assert chosen.few_shot_bonus == best["few_shot_bonus"]
 
 
 def test_shot_statistics_by_hand():
