@@ -14,8 +14,8 @@ standardising makes a few-shot label as unlikely as any other to claim an unrela
 but its own photos still match its noisy prototype less well, so without the bonus the
 well-stocked labels take them. The best label wins; below ``threshold`` (on the score) the
 answer is ``unknown``.
-``confidence`` is a logistic fit of "the best label is right" on ``z`` and on the margin to
-the runner-up's ``z``. Without a calibration the score is the raw cosine.
+``confidence`` is a logistic fit of "the best label is right" on its score and on the
+margin to the runner-up's. Without a calibration the score is the raw cosine.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ShotCalibration:
     logistic: tuple[float, float, float]
     # "impostor": the nearest other-class photos' cosines; "genuine": same-class photos'
     statistic: str = "impostor"
-    few_shot_bonus: float = 0.0  # added to a one-shot label's z (see the module's doc)
+    few_shot_bonus: float = 0.0  # added to a one-photo label's z, less from 2 to 4 photos
 
     def to_dict(self) -> dict[str, object]:
         return {"shots": list(self.shots), "mean": list(self.mean), "std": list(self.std),

@@ -327,7 +327,7 @@ def confidence_by_group(splits: list[SplitScores],
     return report
 
 
-def best_few_shot_bonus(scored_with: Callable[[ShotCalibration], dict[int, list[SplitScores]]],
+def best_few_shot_bonus(score_splits: Callable[[ShotCalibration], dict[int, list[SplitScores]]],
                         calibration: ShotCalibration, bonuses: list[float]
                         ) -> tuple[ShotCalibration, float, list[dict[str, float]]]:
     """The calibration with the bonus of ``bonuses`` whose best threshold gives the best mean
@@ -336,7 +336,7 @@ def best_few_shot_bonus(scored_with: Callable[[ShotCalibration], dict[int, list[
     rows = []
     for bonus in bonuses:
         threshold, accuracy, _ = threshold_and_confidence(
-            scored_with(dataclasses.replace(calibration, few_shot_bonus=bonus)))
+            score_splits(dataclasses.replace(calibration, few_shot_bonus=bonus)))
         rows.append({"few_shot_bonus": bonus, "threshold": threshold,
                      "service_accuracy": accuracy})
     best = max(rows, key=lambda row: row["service_accuracy"])
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     other, other_source = other_domain(embedder, embed, args.other_domain)
     shot_counts = [int(k) for k in args.shots.split(",")]
 
-    def scored_with(rule: ShotCalibration | None) -> dict[int, list[SplitScores]]:
+    def score_splits(rule: ShotCalibration | None) -> dict[int, list[SplitScores]]:
         return {shots: [split_scores(vectors, gallery, heldout, other, shots, rule,
                                      np.random.default_rng(seed))
                         for seed in range(args.splits)] for shots in shot_counts}
@@ -420,14 +420,14 @@ def main(argv: list[str] | None = None) -> dict:
     threshold, sweep = unknown_threshold(calibration), []
     if calibration is not None and args.few_shot_bonus:
         if len(args.few_shot_bonus) > 1:
-            calibration, threshold, sweep = best_few_shot_bonus(scored_with, calibration,
+            calibration, threshold, sweep = best_few_shot_bonus(score_splits, calibration,
                                                                 args.few_shot_bonus)
         else:
             calibration = dataclasses.replace(calibration,
                                               few_shot_bonus=args.few_shot_bonus[0])
     if args.threshold is not None:
         threshold = args.threshold
-    scored = scored_with(calibration)
+    scored = score_splits(calibration)
     results: dict = {"checkpoint": args.checkpoint, "runtime": embedder.name,
                      "rule": rule_name(calibration),
                      "few_shot_bonus": calibration.few_shot_bonus if calibration else None,

@@ -62,7 +62,7 @@ def test_the_few_shot_bonus_kept_is_the_one_with_the_best_service_accuracy():
         return openset.Answers(np.array([label], dtype=object), np.array([score]),
                                np.array([score]))
 
-    def scored_with(rule: ShotCalibration) -> dict[int, list[openset.SplitScores]]:
+    def score_splits(rule: ShotCalibration) -> dict[int, list[openset.SplitScores]]:
         # The new kind's photo scores the bonus; the known kind's 1.0, unknowns 0.5. Only
         # a bonus above 0.5 lets one threshold take both kinds and turn the unknowns away.
         split = openset.SplitScores(np.array(["a"], dtype=object),
@@ -72,7 +72,7 @@ def test_the_few_shot_bonus_kept_is_the_one_with_the_best_service_accuracy():
         return {1: [split]}
 
     start = ShotCalibration((1,), (0.5,), (0.1,), 0.0, (1.0, 0.0, 0.0))
-    chosen, threshold, rows = openset.best_few_shot_bonus(scored_with, start, [0.0, 2.0, 0.4])
+    chosen, threshold, rows = openset.best_few_shot_bonus(score_splits, start, [0.0, 2.0, 0.4])
     assert chosen.few_shot_bonus == 2.0 and 0.5 < threshold <= 1.0
     assert [r["few_shot_bonus"] for r in rows] == [0.0, 2.0, 0.4]
     # Below 0.5 one of the three accuracies is lost whatever the threshold; above, none is.
