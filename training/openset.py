@@ -327,21 +327,53 @@ def confidence_by_group(splits: list[SplitScores],
     return report
 
 
-def best_few_shot_bonus(score_splits: Callable[[ShotCalibration], dict[int, list[SplitScores]]],
-                        calibration: ShotCalibration, bonuses: list[float]
-                        ) -> tuple[ShotCalibration, float, list[dict[str, float]]]:
-    """The calibration with the bonus of ``bonuses`` whose best threshold gives the best mean
-    service accuracy (:func:`threshold_and_confidence`), that threshold, and one row per
-    bonus."""
+def best_few_shot_bonus(score_splits: Callable[[float], dict[int, list[SplitScores]]],
+                        bonuses: list[float]) -> tuple[float, float, list[dict[str, float]]]:
+    """Of ``bonuses``, the one whose best threshold gives the best mean service accuracy
+    (:func:`threshold_and_confidence`) on the splits ``score_splits(bonus)`` scores, that
+    threshold, and one row per bonus."""
     rows = []
     for bonus in bonuses:
-        threshold, accuracy, _ = threshold_and_confidence(
-            score_splits(dataclasses.replace(calibration, few_shot_bonus=bonus)))
+        threshold, accuracy, _ = threshold_and_confidence(score_splits(bonus))
         rows.append({"few_shot_bonus": bonus, "threshold": threshold,
                      "service_accuracy": accuracy})
     best = max(rows, key=lambda row: row["service_accuracy"])
-    return (dataclasses.replace(calibration, few_shot_bonus=best["few_shot_bonus"]),
-            best["threshold"], rows)
+    return best["few_shot_bonus"], best["threshold"], rows
+
+
+@dataclass
+class Run:
+    """One encoder's part of an evaluation: its splits scored under its own calibration
+    (``None``: plain cosines) with a given few-shot bonus."""
+
+    checkpoint: str
+    runtime: str
+    heldout: list[str]
+    gallery_classes: int
+    calibration: ShotCalibration | None
+    score_splits: Callable[[ShotCalibration | None], dict[int, list[SplitScores]]]
+
+    def rule(self, bonus: float | None) -> ShotCalibration | None:
+        if self.calibration is None or bonus is None:
+            return self.calibration
+        return dataclasses.replace(self.calibration, few_shot_bonus=bonus)
+
+    def scored(self, bonus: float | None) -> dict[int, list[SplitScores]]:
+        return self.score_splits(self.rule(bonus))
+
+
+def never_trained_on(classes: list[str], trained: list[str] | None) -> list[str]:
+    """The held-out classes of an encoder: those of ``classes`` it never trained on, where it
+    names its training classes and left out a few (at least 4), else
+    :func:`default_heldout`."""
+    unseen = [c for c in sorted(classes) if trained and c not in trained]
+    return unseen if 4 <= len(unseen) < len(classes) else default_heldout(classes)
+
+
+def pooled(runs: list[Run], bonus: float | None) -> dict[int, list[SplitScores]]:
+    """Every run's splits of each K, as one list per K."""
+    scored = [run.scored(bonus) for run in runs]
+    return {k: [s for part in scored for s in part[k]] for k in scored[0]}
 
 
 def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]],
@@ -368,10 +400,14 @@ def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]],
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.openset", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="one encoder, or several whose splits are pooled (one threshold and "
+                   "bonus for all, each scored with its own shot statistics)")
     p.add_argument("--gallery", type=Path, required=True, help="<class>/* (e.g. train)")
     p.add_argument("--queries", type=Path, required=True, help="<class>/* (e.g. test)")
-    p.add_argument("--heldout", type=class_list, help="comma-separated (default: see above)")
+    p.add_argument("--heldout", type=class_list,
+                   help="comma-separated (default: the classes the encoder never trained on, "
+                   "else see above)")
     p.add_argument("--shots", default="1,5")
     p.add_argument("--splits", type=int, default=5)
     p.add_argument("--raw", action="store_true", help="plain cosines, no shot calibration")
@@ -393,47 +429,60 @@ def main(argv: list[str] | None = None) -> dict:
                    "bonus they were scored with, in CHECKPOINT's calibration (its shot "
                    "statistics stay; calibrate it first)")
     args = p.parse_args(argv)
-    loaded = load_checkpoint(args.checkpoint)
-    opened = open_embedder(loaded, args.runtime, "cpu")
-    embedder, fingerprint = opened.embedder, opened.fingerprint
-    calibration = None if args.raw else shot_calibration(loaded.meta.extra)
-
-    def embed(folder: ImageFolder) -> np.ndarray:
-        return embed_folder_cached(embedder, folder, args.cache, fingerprint)
-
-    heldout = args.heldout or default_heldout(list(class_folder_images(args.gallery)))
-    known = scan_image_folder(args.gallery, exclude=heldout)
-    scanned = scan_image_folder(args.queries, exclude=heldout)
-    known_queries = ImageFolder(scanned.root, scanned.classes, [
-        s for s in scanned.samples if scanned.classes[s.label] in known.classes])
-    gallery = gallery_of(embed(known), names_of(known), list(known.classes),
-                         embed(known_queries), names_of(known_queries))
-    vectors = class_vectors(embed, args.gallery, args.queries, heldout)
-    other, other_source = other_domain(embedder, embed, args.other_domain)
     shot_counts = [int(k) for k in args.shots.split(",")]
 
-    def score_splits(rule: ShotCalibration | None) -> dict[int, list[SplitScores]]:
-        return {shots: [split_scores(vectors, gallery, heldout, other, shots, rule,
-                                     np.random.default_rng(seed))
-                        for seed in range(args.splits)] for shots in shot_counts}
+    def open_run(checkpoint: str) -> tuple[Run, str]:
+        loaded = load_checkpoint(checkpoint)
+        opened = open_embedder(loaded, args.runtime, "cpu")
+        embedder = opened.embedder
 
-    threshold, sweep = unknown_threshold(calibration), []
-    if calibration is not None and args.few_shot_bonus:
+        def embed(folder: ImageFolder) -> np.ndarray:
+            return embed_folder_cached(embedder, folder, args.cache, opened.fingerprint)
+
+        heldout = args.heldout or never_trained_on(list(class_folder_images(args.gallery)),
+                                                   loaded.meta.class_names)
+        known = scan_image_folder(args.gallery, exclude=heldout)
+        scanned = scan_image_folder(args.queries, exclude=heldout)
+        known_queries = ImageFolder(scanned.root, scanned.classes, [
+            s for s in scanned.samples if scanned.classes[s.label] in known.classes])
+        gallery = gallery_of(embed(known), names_of(known), list(known.classes),
+                             embed(known_queries), names_of(known_queries))
+        vectors = class_vectors(embed, args.gallery, args.queries, heldout)
+        other, other_source = other_domain(embedder, embed, args.other_domain)
+
+        def score_splits(rule: ShotCalibration | None) -> dict[int, list[SplitScores]]:
+            return {shots: [split_scores(vectors, gallery, heldout, other, shots, rule,
+                                         np.random.default_rng(seed))
+                            for seed in range(args.splits)] for shots in shot_counts}
+
+        calibration = None if args.raw else shot_calibration(loaded.meta.extra)
+        return Run(checkpoint, embedder.name, heldout, len(gallery.labels), calibration,
+                   score_splits), other_source
+
+    opened_runs = [open_run(c) for c in args.checkpoint]
+    runs, other_source = [r for r, _ in opened_runs], opened_runs[0][1]
+    if len({r.calibration is None for r in runs}) > 1 or len(
+            {r.calibration.statistic for r in runs if r.calibration}) > 1:
+        raise SystemExit("pooled checkpoints must be calibrated alike (training.calibrate)")
+    first = runs[0].calibration
+    bonus = first.few_shot_bonus if first else None
+    threshold, sweep = unknown_threshold(first), []
+    if first is not None and args.few_shot_bonus:
         if len(args.few_shot_bonus) > 1:
-            calibration, threshold, sweep = best_few_shot_bonus(score_splits, calibration,
-                                                                args.few_shot_bonus)
+            bonus, threshold, sweep = best_few_shot_bonus(lambda b: pooled(runs, b),
+                                                          args.few_shot_bonus)
         else:
-            calibration = dataclasses.replace(calibration,
-                                              few_shot_bonus=args.few_shot_bonus[0])
+            bonus = args.few_shot_bonus[0]
     if args.threshold is not None:
         threshold = args.threshold
-    scored = score_splits(calibration)
-    results: dict = {"checkpoint": args.checkpoint, "runtime": embedder.name,
-                     "rule": rule_name(calibration),
-                     "few_shot_bonus": calibration.few_shot_bonus if calibration else None,
-                     "threshold": threshold, "heldout": heldout,
-                     "gallery_classes": len(gallery.labels), "other_domain": other_source,
-                     "splits": args.splits}
+    calibration = runs[0].rule(bonus)
+    scored = pooled(runs, bonus)
+    results: dict = {"checkpoints": [{"checkpoint": r.checkpoint, "runtime": r.runtime,
+                                      "heldout": r.heldout,
+                                      "gallery_classes": r.gallery_classes} for r in runs],
+                     "rule": rule_name(calibration), "few_shot_bonus": bonus,
+                     "threshold": threshold, "other_domain": other_source,
+                     "splits": args.splits * len(runs)}
     if sweep:
         results["few_shot_bonus_sweep"] = sweep
     confidence_of = calibration  # the confidence fit reported: the one written, if any
@@ -441,8 +490,8 @@ def main(argv: list[str] | None = None) -> dict:
         confidence_of = write_threshold(args.write_threshold, scored, calibration)
         threshold = results["threshold"] = confidence_of.threshold
     for shots, splits in scored.items():
-        runs = [split_metrics(s, threshold) for s in splits]
-        results[f"{shots}_shot"] = {"summary": summarise(runs), "splits": runs}
+        metrics = [split_metrics(s, threshold) for s in splits]
+        results[f"{shots}_shot"] = {"summary": summarise(metrics), "splits": metrics}
         if confidence_of is not None:
             results[f"{shots}_shot"]["confidence"] = confidence_by_group(splits, confidence_of)
     if args.plot:
@@ -453,8 +502,8 @@ def main(argv: list[str] | None = None) -> dict:
         threshold_curves(args.plot, thresholds,
                          {f"{k} shot{'s' if k > 1 else ''}": threshold_sweep(splits, thresholds)
                           for k, splits in scored.items()}, threshold,
-                         title=f"{Path(args.checkpoint).name}: {len(heldout)} held-out kinds, "
-                               f"{args.splits} splits")
+                         title=", ".join(f"{Path(r.checkpoint).name}: {len(r.heldout)} held-out "
+                                         f"kinds" for r in runs) + f"; {args.splits} splits each")
     print(json.dumps({k: {**v["summary"], "confidence": v.get("confidence")}
                       if isinstance(v, dict) and "summary" in v else v
                       for k, v in results.items()}, indent=1))

@@ -56,24 +56,22 @@ def test_one_split_on_vectors_whose_answers_are_known():
 
 
 def test_the_few_shot_bonus_kept_is_the_one_with_the_best_service_accuracy():
-    from models.decision import ShotCalibration
 
     def answers(label: str, score: float) -> openset.Answers:
         return openset.Answers(np.array([label], dtype=object), np.array([score]),
                                np.array([score]))
 
-    def score_splits(rule: ShotCalibration) -> dict[int, list[openset.SplitScores]]:
+    def score_splits(bonus: float) -> dict[int, list[openset.SplitScores]]:
         # The new kind's photo scores the bonus; the known kind's 1.0, unknowns 0.5. Only
         # a bonus above 0.5 lets one threshold take both kinds and turn the unknowns away.
         split = openset.SplitScores(np.array(["a"], dtype=object),
-                                    answers("a", rule.few_shot_bonus), answers("a", 0.5),
+                                    answers("a", bonus), answers("a", 0.5),
                                     answers("a", 0.5), np.array(["k"], dtype=object),
                                     answers("k", 1.0))
         return {1: [split]}
 
-    start = ShotCalibration((1,), (0.5,), (0.1,), 0.0, (1.0, 0.0, 0.0))
-    chosen, threshold, rows = openset.best_few_shot_bonus(score_splits, start, [0.0, 2.0, 0.4])
-    assert chosen.few_shot_bonus == 2.0 and 0.5 < threshold <= 1.0
+    chosen, threshold, rows = openset.best_few_shot_bonus(score_splits, [0.0, 2.0, 0.4])
+    assert chosen == 2.0 and 0.5 < threshold <= 1.0
     assert [r["few_shot_bonus"] for r in rows] == [0.0, 2.0, 0.4]
     # Below 0.5 one of the three accuracies is lost whatever the threshold; above, none is.
     assert [r["service_accuracy"] for r in rows] == pytest.approx([2 / 3, 1.0, 2 / 3])
@@ -90,14 +88,36 @@ def test_the_cli_reports_each_k_over_seeded_splits(tiny_checkpoint, tmp_path):
                             "--plot", str(tmp_path / "curves.png")])
     assert Image.open(tmp_path / "curves.png").size[0] > 600  # two panels, one per K
     assert json.loads(out.read_text())["1_shot"]["summary"] == results["1_shot"]["summary"]
-    assert results["heldout"] == ["red", "green", "blue", "cyan"]
-    assert results["gallery_classes"] == 2 and len(results["3_shot"]["splits"]) == 3
+    [run] = results["checkpoints"]
+    assert run["heldout"] == ["red", "green", "blue", "cyan"]
+    assert run["gallery_classes"] == 2 and len(results["3_shot"]["splits"]) == 3
     for k in ("1_shot", "3_shot"):
         summary = results[k]["summary"]
         for key in ("new_top_label_accuracy", "new_accuracy", "unknown_rejection",
                     "other_domain_rejection", "balanced_accuracy", "auroc_unknown"):
             assert 0.0 <= summary[key]["mean"] <= 1.0 and summary[key]["std"] >= 0.0
     assert openset.default_heldout([f"c{i:02d}" for i in range(61)])[:2] == ["c01", "c05"]
+
+
+def test_the_held_out_classes_are_those_the_encoder_never_trained_on():
+    classes = [f"c{i:02d}" for i in range(12)]
+    trained = [c for c in classes if c not in ("c03", "c07", "c08", "c11")]
+    assert openset.never_trained_on(classes, trained) == ["c03", "c07", "c08", "c11"]
+    # Trained on all, on too many of the others, or no names: every fourth from the second.
+    for names in (classes, trained + ["c03"], None):
+        assert openset.never_trained_on(classes, names) == ["c01", "c05", "c09"]
+
+
+def test_several_checkpoints_pool_their_splits_under_one_threshold(tiny_checkpoint, tmp_path):
+    classes = {k: COLOURS[k] for k in COLOURS}
+    train = make_image_folder(tmp_path / "train", classes, per_class=4, seed=1)
+    test = make_image_folder(tmp_path / "test", classes, per_class=3, seed=2)
+    common = ["--gallery", str(train), "--queries", str(test), "--heldout",
+              "red,green,blue,cyan", "--shots", "1", "--splits", "2", "--threshold", "0.5"]
+    alone = openset.main(["--checkpoint", str(tiny_checkpoint), *common])
+    twice = openset.main(["--checkpoint", str(tiny_checkpoint), str(tiny_checkpoint), *common])
+    assert twice["splits"] == 4 and len(twice["checkpoints"]) == 2
+    assert twice["1_shot"]["splits"] == alone["1_shot"]["splits"] * 2
     assert len(openset.default_heldout([f"c{i:02d}" for i in range(61)])) == 15
 
 
