@@ -9,10 +9,10 @@ The held-out classes (``--heldout``; default the classes the encoder never train
 for an encoder that trained on them all every fourth class in sorted order from the second,
 the model card's 15) are left out of the gallery, which holds every other class with all its
 ``--gallery`` photos. Several ``--checkpoint`` encoders (each trained without its own
-held-out classes) pool their splits: one threshold and one bonus are reported and chosen for
-all, each encoder scored with its own shot statistics. Each seeded split enrols K shots (from ``--gallery``) of
-half the held-out classes; their other photos (both roots) must get their label, and the
-photos of the other half must get ``unknown``, as must other-domain photos
+held-out classes) pool their splits: one threshold and one bonus are reported and chosen for all,
+each encoder scored with its own shot statistics. Each seeded split enrols K shots (from
+``--gallery``) of half the held-out classes; their other photos (both roots) must get their
+label, and the photos of the other half must get ``unknown``, as must other-domain photos
 (``--other-domain``, or generated synthetic scenes). The rule is the service's
 (``models/decision.py``): with the checkpoint's shot calibration, each label's cosine is
 standardised by its number of photos (plus the few-shot bonus) and ``unknown`` falls below
