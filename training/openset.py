@@ -373,6 +373,14 @@ def never_trained_on(classes: list[str], trained: list[str] | None) -> list[str]
     return unseen if 4 <= len(unseen) < len(classes) else default_heldout(classes)
 
 
+def plot_title(runs: list[Run], splits: int) -> str:
+    if len(runs) == 1:
+        return f"{Path(runs[0].checkpoint).name}: {len(runs[0].heldout)} held-out kinds; " \
+               f"{splits} splits"
+    return (f"{len(runs)} encoders pooled, {sum(len(r.heldout) for r in runs)} held-out kinds "
+            f"in all; {splits} splits each")
+
+
 def pooled(runs: list[Run], bonus: float | None) -> dict[int, list[SplitScores]]:
     """Every run's splits of each K, as one list per K."""
     scored = [run.scored(bonus) for run in runs]
@@ -505,8 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
         threshold_curves(args.plot, thresholds,
                          {f"{k} shot{'s' if k > 1 else ''}": threshold_sweep(splits, thresholds)
                           for k, splits in scored.items()}, threshold,
-                         title=", ".join(f"{Path(r.checkpoint).name}: {len(r.heldout)} held-out "
-                                         f"kinds" for r in runs) + f"; {args.splits} splits each")
+                         title=plot_title(runs, args.splits))
     print(json.dumps({k: {**v["summary"], "confidence": v.get("confidence")}
                       if isinstance(v, dict) and "summary" in v else v
                       for k, v in results.items()}, indent=1))
