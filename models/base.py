@@ -17,7 +17,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from PIL import Image
 
-from models.preprocessing import Preprocessing, preprocess
+from models.preprocessing import Preprocessing, gallery_views, preprocess
+from models.prototypes import prototypes
 
 Runtime = Literal["auto", "torch", "onnx", "int8"]
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.pt"
@@ -39,6 +40,21 @@ def embed_images(embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarra
     if not images:
         return np.zeros((0, embedder.dim), dtype=np.float32)
     return embedder.embed_batch(np.stack([preprocess(i, embedder.preprocessing) for i in images]))
+
+
+def embed_for_gallery(embedder: Embedder, batch: Any) -> np.ndarray:
+    """Gallery photos' embeddings: each the normalised mean of its views
+    (``Preprocessing.gallery_views``); queries use ``embed_batch`` alone."""
+    views = embedder.preprocessing.gallery_views
+    if views == 1:
+        return embedder.embed_batch(batch)
+    return mean_of_views(embedder.embed_batch(gallery_views(batch, views)), views)
+
+
+def mean_of_views(vectors: np.ndarray, views: int) -> np.ndarray:
+    """(views * N, dim) embeddings, view-major as :func:`gallery_views` orders them ->
+    (N, dim) unit vectors, each the normalised mean of its photo's views."""
+    return prototypes(vectors.reshape(views, -1, vectors.shape[-1]).sum(0))
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:

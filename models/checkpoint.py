@@ -93,6 +93,17 @@ def at_image_size(loaded: LoadedEncoder, image_size: int) -> LoadedEncoder:
     return replace(loaded, meta=meta, fingerprint=f"{loaded.fingerprint}@{image_size}px")
 
 
+def with_gallery_views(loaded: LoadedEncoder, views: int) -> LoadedEncoder:
+    """The same weights with gallery photos embedded as the mean of ``views`` views
+    (``Preprocessing.gallery_views``). The fingerprint changes with them: gallery embeddings
+    and ONNX exports (which carry the preprocessing) of different views never mix."""
+    if views == loaded.meta.preprocessing.gallery_views:
+        return loaded
+    meta = replace(loaded.meta, preprocessing=replace(loaded.meta.preprocessing,
+                                                      gallery_views=views))
+    return replace(loaded, meta=meta, fingerprint=f"{loaded.fingerprint}+{views}views")
+
+
 def current_versions() -> dict[str, str]:
     import timm
 
@@ -118,11 +129,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_with(path, lambda handle: torch.save(obj, handle))
 
 
-def set_checkpoint_extra(path: str | os.PathLike, key: str, value: Any) -> None:
-    """Add or replace ``meta.extra[key]`` in a checkpoint file, atomically, leaving its
-    weights exactly as stored (the file's fingerprint changes, its embeddings do not)."""
+def set_checkpoint_extra(path: str | os.PathLike, key: str, value: Any,
+                         **preprocessing: Any) -> None:
+    """Add or replace ``meta.extra[key]`` in a checkpoint file, and any ``preprocessing``
+    fields given (e.g. ``gallery_views``), in one atomic write that leaves its weights exactly
+    as stored (the file's fingerprint changes, so its gallery is embedded again)."""
     meta, state = read_checkpoint(path)
-    meta = {**meta, "extra": {**meta.get("extra", {}), key: value}}
+    checked = Preprocessing.from_dict({**meta["preprocessing"], **preprocessing})
+    meta = {**meta, "extra": {**meta.get("extra", {}), key: value},
+            "preprocessing": checked.to_dict()}
     atomic_torch_save({"meta": meta, "state_dict": state}, path)
 
 

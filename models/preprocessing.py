@@ -31,6 +31,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 # Formats we accept on upload; anything else Pillow happens to parse (e.g. EPS, PDF) is refused.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 7,000 x 5,700 photo; larger is treated as a bomb
+GALLERY_VIEWS = (1, 2)  # see Preprocessing.gallery_views
 
 # A truncated file must be an error, not a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -58,6 +59,15 @@ class Preprocessing:
     # Resize the shorter side to image_size / crop_fraction, then centre-crop image_size.
     crop_fraction: float = 0.875
     extra: dict = field(default_factory=dict)
+    # A gallery photo's embedding is the normalised mean of this many views of its input
+    # (1: the input; 2: also its mirror image); a query is one view. Gallery-side
+    # test-time augmentation: queries cost the same, enrolment costs this many model inputs.
+    gallery_views: int = 1
+
+    def __post_init__(self) -> None:
+        if self.gallery_views not in GALLERY_VIEWS:
+            raise ValueError(f"gallery_views must be one of {GALLERY_VIEWS}, "
+                             f"not {self.gallery_views!r}")
 
     @property
     def resize_size(self) -> int:
@@ -76,6 +86,7 @@ class Preprocessing:
             std=tuple(float(v) for v in data["std"]),
             crop_fraction=float(data.get("crop_fraction", 0.875)),
             extra=dict(data.get("extra", {})),
+            gallery_views=int(data.get("gallery_views", 1)),
         )
 
 
@@ -176,6 +187,13 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
         resized = image.resize(size, Image.Resampling.BICUBIC) if size != image.size else image
         cropped = np.asarray(resized.crop(box))
     return normalised_planes(cropped, pre.mean, pre.std)
+
+
+def gallery_views(batch: np.ndarray, views: int) -> np.ndarray:
+    """(N, 3, H, W) model inputs -> (views * N, 3, H, W): the inputs, then (with 2 views)
+    their mirror images."""
+    batch = np.asarray(batch, dtype=np.float32)
+    return batch if views == 1 else np.concatenate([batch, batch[..., ::-1]])
 
 
 def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:

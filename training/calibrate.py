@@ -7,6 +7,9 @@ and the confidence, stored in the checkpoint's metadata with ``--write``.
 Measured on the checkpoint's own training classes (``--classes`` to choose others, and
 ``--exclude-classes`` to keep an evaluation's classes out): shots come from ``--gallery``,
 the photos they are compared with from ``--queries`` (another session of the same kinds).
+Shots are embedded as the service stores gallery photos, with the checkpoint's
+``gallery_views`` (``--gallery-views 2`` measures with the mirror image too, and ``--write``
+stores that with the calibration).
 
 1. Shot statistics: for n = 1, 2, 3, 5, 10, 20, 40 shots, the mean and spread of the cosine
    between the prototype of n shots of a class and its nearest impostors, the 10% of the
@@ -26,18 +29,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import load_checkpoint, set_checkpoint_extra
+from models.checkpoint import load_checkpoint, set_checkpoint_extra, with_gallery_views
 from models.decision import ShotCalibration
+from models.preprocessing import GALLERY_VIEWS
 from models.prototypes import prototypes
 from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list
 from training.embedding import embed_folder_cached
 from training.openset import (
+    ClassPhotos,
     class_vectors,
     gallery_of,
     other_domain,
@@ -54,24 +60,24 @@ SHOTS = (1, 2, 3, 5, 10, 20, 40)
 IMPOSTOR_SHARE = 0.1
 
 
-def shot_statistics(vectors: dict[str, tuple[np.ndarray, int]], rng: np.random.Generator,
+def shot_statistics(vectors: dict[str, ClassPhotos], rng: np.random.Generator,
                     statistic: str = "impostor",
                     resamples: int = 5) -> tuple[list[float], list[float]]:
     """(mean, std) per entry of SHOTS of the cosine between the prototype of n shots of a
     class and, for "impostor", the IMPOSTOR_SHARE of other classes' queries nearest to it;
     for "genuine", its own class's queries."""
-    queries = {c: vecs[pool:] for c, (vecs, pool) in vectors.items()}
+    queries = {c: photos.queries[photos.pool:] for c, photos in vectors.items()}
     compared = {name: own if statistic == "genuine" else
                 np.concatenate([q for c, q in queries.items() if c != name])
                 for name, own in queries.items()}
     means, stds = [], []
     for n in SHOTS:
         cosines = []
-        for name, (vecs, pool) in vectors.items():
-            if pool < n or len(queries[name]) == 0:
+        for name, photos in vectors.items():
+            if photos.pool < n or len(queries[name]) == 0:
                 continue
             for _ in range(resamples):
-                shots = vecs[rng.choice(pool, n, replace=False)]
+                shots = photos.stored[rng.choice(photos.pool, n, replace=False)]
                 values = compared[name] @ prototypes(shots.sum(0, keepdims=True))[0]
                 if statistic == "impostor":
                     values = np.sort(values)[-max(1, round(IMPOSTOR_SHARE * len(values))):]
@@ -108,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--few-shot-bonus", type=float, default=0.0,
                    help="added to a one-shot label's score (models/decision.py); "
                    "training.openset --write-threshold chooses the one to ship with")
+    p.add_argument("--gallery-views", type=int, choices=GALLERY_VIEWS,
+                   help="embed gallery photos and shots as the mean of this many views (2: "
+                   "also the mirror image); default: the checkpoint's; --write stores it")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "int8"], default="onnx")
     p.add_argument("--cache", type=Path)
     p.add_argument("--write", action="store_true",
@@ -115,17 +124,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     loaded = load_checkpoint(args.checkpoint)
+    if args.gallery_views is not None:
+        loaded = with_gallery_views(loaded, args.gallery_views)
     opened = open_embedder(loaded, args.runtime, "cpu")
 
-    def embed(folder: ImageFolder) -> np.ndarray:
-        return embed_folder_cached(opened.embedder, folder, args.cache, opened.fingerprint)
+    def embed(folder: ImageFolder, gallery: bool = False) -> np.ndarray:
+        return embed_folder_cached(opened.embedder, folder, args.cache, opened.fingerprint,
+                                   gallery=gallery)
 
     available = sorted(d.name for d in args.gallery.iterdir() if d.is_dir())
     wanted = args.classes or loaded.meta.class_names or available
     classes = [c for c in wanted if c in available and c not in args.exclude_classes]
     if len(classes) < 6:
         raise SystemExit(f"calibration needs at least 6 classes, found {len(classes)}")
-    vectors = class_vectors(embed, args.gallery, args.queries, classes)
+    vectors = class_vectors(embed, functools.partial(embed, gallery=True), args.gallery,
+                            args.queries, classes)
     rng = np.random.default_rng(0)
     means, stds = shot_statistics(vectors, rng, args.statistic)
     stats = ShotCalibration(SHOTS, tuple(means), tuple(stds), 0.0, (1.0, 0.0, 0.0),
@@ -139,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
             order = split_rng.permutation(len(classes))
             candidates = [classes[i] for i in order[: max(4, len(classes) * 3 // 10)]]
             known = [classes[i] for i in order if classes[i] not in candidates]
-            shots_of = [(vectors[c][0][: vectors[c][1]], c) for c in known]
-            queries_of = [(vectors[c][0][vectors[c][1] :], c) for c in known]
+            shots_of = [(vectors[c].stored, c) for c in known]
+            queries_of = [(vectors[c].queries[vectors[c].pool :], c) for c in known]
             gallery = gallery_of(*stacked(shots_of), known, *stacked(queries_of))
             splits.append(split_scores(vectors, gallery, candidates, other, shots, stats,
                                        split_rng))
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "checkpoint": str(args.checkpoint),
         "classes": len(classes),
+        "gallery_views": loaded.meta.preprocessing.gallery_views,
         "calibration": calibration.to_dict(),
         "simulated_service_accuracy": accuracy,
         **{f"simulated_{k}_shot": {key: summary[key]["mean"]
@@ -161,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result, indent=2))
     if args.write:
-        set_checkpoint_extra(args.checkpoint, "openset", calibration.to_dict())
+        set_checkpoint_extra(args.checkpoint, "openset", calibration.to_dict(),
+                             gallery_views=loaded.meta.preprocessing.gallery_views)
         print(f"wrote the calibration into {args.checkpoint}")
     write_json(args.json, result)
     return result

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from models.base import DEFAULT_CHECKPOINT, IMAGENET
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, with_gallery_views
+from models.preprocessing import GALLERY_VIEWS
 from models.runtimes.eager import resolve_device
 from models.runtimes.factory import open_embedder
 from training.data import ImageFolder, class_list, scan_image_folder
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int,
                    help="test-time input size instead of the checkpoint's (e.g. to compare "
                         "an encoder and imagenet at one size)")
+    p.add_argument("--gallery-views", type=int, choices=GALLERY_VIEWS,
+                   help="embed the gallery and the few-shot supports as the mean of this "
+                        "many views instead of the checkpoint's (2: also the mirror image)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=default_workers())
     return p.parse_args(argv)
@@ -69,12 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def evaluate(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     loaded = load_checkpoint(args.checkpoint, device=device, image_size=args.image_size)
+    if args.gallery_views is not None:
+        loaded = with_gallery_views(loaded, args.gallery_views)
     embedder = open_embedder(loaded, args.runtime, str(device),
                              cache_dir=args.cache or Path(tempfile.gettempdir())).embedder
 
-    def embed(folder: ImageFolder, desc: str) -> np.ndarray:
+    def embed(folder: ImageFolder, desc: str, gallery: bool = False) -> np.ndarray:
+        """Queries, or (``gallery``) photos as the service's gallery stores them."""
         return embed_folder_cached(embedder, folder, args.cache, loaded.fingerprint,
-                                   batch_size=args.batch_size, workers=args.workers, desc=desc)
+                                   gallery=gallery, batch_size=args.batch_size,
+                                   workers=args.workers, desc=desc)
 
     include, exclude = args.classes, args.exclude_classes
     data = scan_image_folder(args.data, include=include, exclude=exclude)
@@ -84,7 +92,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     gallery: ImageFolder | None = None
     if args.gallery:
         gallery = scan_image_folder(args.gallery, include=include, exclude=exclude)
-        g_emb = embed(gallery, "embedding gallery")
+        g_emb = embed(gallery, "embedding gallery", gallery=True)
         # Compare by class name: the two folders may hold different class lists.
         g_labels = np.asarray([data.classes.index(gallery.classes[s.label])
                                if gallery.classes[s.label] in data.classes else -1
@@ -94,12 +102,15 @@ def evaluate(args: argparse.Namespace) -> dict:
         g_emb, g_labels = emb, labels
         retrieval = retrieval_metrics(emb, labels)
 
+    # Supports are enrolled photos: embedded as the gallery stores them.
+    supports = (embed(data, "embedding supports", gallery=True)
+                if embedder.preprocessing.gallery_views > 1 else emb)
     fewshot = {}
     for shot in [int(s) for s in args.shots.split(",")]:
         name = f"{args.ways}-way-{shot}-shot"
         try:
             fewshot[name] = fewshot_accuracy(emb, labels, args.ways, shot, args.queries,
-                                             args.episodes, args.seed)
+                                             args.episodes, args.seed, supports)
         except ValueError as exc:
             log.warning("%s skipped: %s", name, exc)
     result = {
@@ -110,6 +121,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "n_gallery_images": len(gallery) if gallery else None,
         "checkpoint": str(args.checkpoint),
         "image_size": loaded.meta.preprocessing.image_size,
+        "gallery_views": loaded.meta.preprocessing.gallery_views,
         "data": [str(d) for d in args.data],
         "gallery": [str(g) for g in args.gallery] if args.gallery else None,
     }

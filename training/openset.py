@@ -121,32 +121,50 @@ class SplitScores:
     known: Answers
 
 
-def split_scores(vectors: dict[str, tuple[np.ndarray, int]], gallery: Gallery,
-                 heldout: list[str], other: np.ndarray, shots: int,
-                 calibration: ShotCalibration | None, rng: np.random.Generator) -> SplitScores:
-    """One seeded split: half of ``heldout`` enrolled from ``shots`` photos, the other half
-    unknown. ``vectors[c]`` is class c's embeddings and how many of them, at the front, may
-    be enrolled as shots (its ``--gallery`` photos)."""
+@dataclass
+class ClassPhotos:
+    """One class's embeddings: all its photos as queries are embedded (its ``--gallery``
+    photos first, then its ``--queries`` photos), and its ``--gallery`` photos as the
+    gallery stores them (each the mean of its views, where the checkpoint has several)."""
+
+    queries: np.ndarray
+    stored: np.ndarray
+
+    @property
+    def pool(self) -> int:
+        """How many photos may be enrolled as shots: the first rows of ``queries``."""
+        return len(self.stored)
+
+    @classmethod
+    def single_view(cls, vectors: np.ndarray, pool: int) -> ClassPhotos:
+        return cls(vectors, vectors[:pool])
+
+
+def split_scores(vectors: dict[str, ClassPhotos], gallery: Gallery, heldout: list[str],
+                 other: np.ndarray, shots: int, calibration: ShotCalibration | None,
+                 rng: np.random.Generator) -> SplitScores:
+    """One seeded split: half of ``heldout`` enrolled from ``shots`` photos of its pool, the
+    other half unknown; every photo not enrolled is a query."""
     order = rng.permutation(len(heldout))
     new = [heldout[i] for i in order[: len(heldout) // 2]]
     unknown = [heldout[i] for i in order[len(heldout) // 2 :]]
     sums, counts, labels = [gallery.sums], [gallery.counts], list(gallery.labels)
     queries, truth = [], []
     for name in new:
-        vecs, n_shot_pool = vectors[name]
-        chosen = rng.choice(n_shot_pool, size=min(shots, n_shot_pool - 1), replace=False)
-        rest = np.setdiff1d(np.arange(len(vecs)), chosen)
-        sums.append(vecs[chosen].sum(0, keepdims=True))
+        photos = vectors[name]
+        chosen = rng.choice(photos.pool, size=min(shots, photos.pool - 1), replace=False)
+        rest = np.setdiff1d(np.arange(len(photos.queries)), chosen)
+        sums.append(photos.stored[chosen].sum(0, keepdims=True))
         counts.append(np.array([len(chosen)]))
         labels.append(name)
-        queries.append(vecs[rest])
+        queries.append(photos.queries[rest])
         truth += [name] * len(rest)
     all_sums, all_counts = np.concatenate(sums), np.concatenate(counts)
 
     def answer(q: np.ndarray) -> Answers:
         return best_answers(q, all_sums, all_counts, labels, calibration)
 
-    unknown_q = np.concatenate([vectors[name][0] for name in unknown])
+    unknown_q = np.concatenate([vectors[name].queries for name in unknown])
     return SplitScores(np.array(truth, dtype=object), answer(np.concatenate(queries)),
                        answer(unknown_q), answer(other), gallery.query_labels,
                        answer(gallery.query_vectors))
@@ -256,16 +274,19 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                   "std": float(np.std([r[key] for r in runs]))} for key in runs[0]}
 
 
-def class_vectors(embed: Callable[[ImageFolder], np.ndarray], shots_root: Path,
-                  queries_root: Path, names: list[str]) -> dict[str, tuple[np.ndarray, int]]:
-    """Per class: its photos' embeddings, those of ``shots_root`` (which may be enrolled)
-    first, then those of ``queries_root``; and how many come from ``shots_root``."""
+def class_vectors(embed: Callable[[ImageFolder], np.ndarray],
+                  embed_gallery: Callable[[ImageFolder], np.ndarray], shots_root: Path,
+                  queries_root: Path, names: list[str]) -> dict[str, ClassPhotos]:
+    """Per class: its photos, those of ``shots_root`` (which may be enrolled) first, then
+    those of ``queries_root``, embedded as queries (``embed``), and those of ``shots_root``
+    as the gallery stores them (``embed_gallery``)."""
     vectors = {}
     for name in names:
-        pool = embed(scan_image_folder(shots_root, include=[name]))
+        pool = scan_image_folder(shots_root, include=[name])
+        as_queries = embed(pool)
         others = (embed(scan_image_folder(queries_root, include=[name]))
-                  if (queries_root / name).is_dir() else pool[:0])
-        vectors[name] = (np.concatenate([pool, others]), len(pool))
+                  if (queries_root / name).is_dir() else as_queries[:0])
+        vectors[name] = ClassPhotos(np.concatenate([as_queries, others]), embed_gallery(pool))
     return vectors
 
 
@@ -450,15 +471,19 @@ def main(argv: list[str] | None = None) -> dict:
         def embed(folder: ImageFolder) -> np.ndarray:
             return embed_folder_cached(embedder, folder, args.cache, opened.fingerprint)
 
+        def embed_gallery(folder: ImageFolder) -> np.ndarray:
+            return embed_folder_cached(embedder, folder, args.cache, opened.fingerprint,
+                                       gallery=True)
+
         heldout = args.heldout or never_trained_on(list(class_folder_images(args.gallery)),
                                                    loaded.meta.class_names)
         known = scan_image_folder(args.gallery, exclude=heldout)
         scanned = scan_image_folder(args.queries, exclude=heldout)
         known_queries = ImageFolder(scanned.root, scanned.classes, [
             s for s in scanned.samples if scanned.classes[s.label] in known.classes])
-        gallery = gallery_of(embed(known), names_of(known), list(known.classes),
+        gallery = gallery_of(embed_gallery(known), names_of(known), list(known.classes),
                              embed(known_queries), names_of(known_queries))
-        vectors = class_vectors(embed, args.gallery, args.queries, heldout)
+        vectors = class_vectors(embed, embed_gallery, args.gallery, args.queries, heldout)
         other, other_source = other_domain(embedder, embed, args.other_domain)
 
         def score_splits(rule: ShotCalibration | None) -> dict[int, list[SplitScores]]:

@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 from app.core.config import Settings
-from models.base import Embedder
-from models.preprocessing import load_image, preprocess
+from models.base import Embedder, embed_for_gallery, mean_of_views
+from models.preprocessing import gallery_views, load_image, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,15 @@ class EmbeddingService:
             raise
 
     def embed_inputs(self, inputs: list[np.ndarray], in_lane: bool = False) -> np.ndarray:
-        """Blocking batch embedding: the all-core call (e.g. the gallery at start-up), or a
-        single-threaded lane's."""
+        """Blocking batch embedding of queries: the all-core call, or a single-threaded
+        lane's."""
         embedder = self.lane_embedder if in_lane and self.lane_embedder else self.embedder
         return embedder.embed_batch(np.stack(inputs))
+
+    def embed_gallery_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Blocking: gallery photos' embeddings (each the mean of its views), in one
+        all-core call (the gallery at start-up, re-embedding for a new checkpoint)."""
+        return embed_for_gallery(self.embedder, np.stack(inputs))
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -140,6 +145,14 @@ class EmbeddingService:
             self.waiting.append((model_input, future))
             self.changed.notify()
         return await future
+
+    async def embed_for_gallery(self, model_input: np.ndarray) -> np.ndarray:
+        """One gallery photo's embedding (an enrolment): its views go through the queue as
+        queries do, side by side in the lanes, and their mean is stored."""
+        views = self.embedder.preprocessing.gallery_views
+        vectors = await asyncio.gather(*(self.embed(view) for view in
+                                         gallery_views(model_input[None], views)))
+        return mean_of_views(np.stack(vectors), views)[0]
 
     def _work(self) -> None:
         """A worker thread: take a batch, embed it, hand the results to the loop, repeat."""

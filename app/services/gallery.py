@@ -99,7 +99,7 @@ class Gallery:
                 inputs.append(model_input)
             if photos:
                 added += sum(created for _, created in self.store.add(
-                    list(photos.values()), self.embedding.embed_inputs(inputs)))
+                    list(photos.values()), self.embedding.embed_gallery_inputs(inputs)))
             if start and start % (batch_size * 10) == 0:
                 log.info("embedded %d/%d gallery images", start, len(todo))
         return {"scanned": len(files), "added": added, "removed": len(gone)}
@@ -128,7 +128,7 @@ class Gallery:
                 ids.append(item.id)
                 inputs.append(model_input)
             if ids:
-                self.store.set_embeddings(ids, self.embedding.embed_inputs(inputs))
+                self.store.set_embeddings(ids, self.embedding.embed_gallery_inputs(inputs))
                 embedded += len(ids)
         return embedded
 

@@ -332,6 +332,34 @@ def test_checkpoint_change_recomputes_embeddings_never_mixing(gallery_dir, tmp_p
         assert rows == [(fingerprint, 13)]
 
 
+def test_gallery_photos_are_stored_as_the_mean_of_their_views(gallery_dir, tmp_path):
+    from models.base import embed_for_gallery
+    from models.checkpoint import set_checkpoint_extra
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "views.pt", seed=3)
+    set_checkpoint_extra(checkpoint, "note", "two views", gallery_views=2)
+    halves = np.zeros((80, 80, 3), np.uint8)
+    halves[:, :40], halves[:, 40:] = COLOURS["red"], COLOURS["blue"]  # its mirror differs
+    data = jpeg_bytes(Image.fromarray(halves))
+    with running(checkpoint, tmp_path / "data", gallery_dir) as c:
+        service = c.app.state.service
+        embedder = service.embedding.embedder  # the ONNX export carries the views
+        assert embedder.preprocessing.gallery_views == 2
+        item = enroll(c, data, "cyan").json()["items"][0]
+        x = service.embedding.decode(data)[1][None]
+        query, stored = embedder.embed_batch(x)[0], embed_for_gallery(embedder, x)[0]
+        assert query @ stored < 0.9999  # the mirror image moved it: not the query's vector
+        top = c.post("/search", files=upload(data)).json()["results"][0]
+        assert top["id"] == item["id"]
+        assert top["score"] == pytest.approx(float(query @ stored), abs=1e-4)
+        # The folder's photos, embedded in batches at start-up, alike.
+        stats = service.gallery.store.label_stats()
+        red = np.stack([service.embedding.decode(p.read_bytes())[1]
+                        for p in sorted((gallery_dir / "red").glob("*.jpg"))])
+        np.testing.assert_allclose(stats.sums[list(stats.labels).index("red")],
+                                   embed_for_gallery(embedder, red).sum(0), atol=1e-4)
+
+
 def test_gallery_folder_changes_are_picked_up(tiny_checkpoint, tmp_path):
     folder = make_image_folder(tmp_path / "g", {"red": COLOURS["red"]}, per_class=3)
     with running(tiny_checkpoint, tmp_path / "data", folder) as c:

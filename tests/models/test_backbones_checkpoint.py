@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,8 +11,15 @@ from models.backbones import (
     find_lite_weights,
     load_in_order,
 )
-from models.base import embed_images
-from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from models.base import embed_for_gallery, embed_images
+from models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    set_checkpoint_extra,
+    with_gallery_views,
+)
+from models.preprocessing import Preprocessing
 from models.runtimes.eager import TorchEmbedder
 from tests.helpers import synthetic_image
 
@@ -120,3 +128,48 @@ def test_bad_checkpoints_give_one_clear_error(tiny_checkpoint, tmp_path, content
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+class HalvesEmbedder:
+    """Hand-checkable: the unit vector of (mean of the left half, mean of the right half)."""
+
+    name, dim = "halves", 2
+
+    def __init__(self, views: int) -> None:
+        self.preprocessing = Preprocessing(image_size=4, gallery_views=views)
+
+    def embed_batch(self, batch) -> np.ndarray:
+        batch = np.asarray(batch)
+        halves = np.stack([batch[..., :2].mean((1, 2, 3)), batch[..., 2:].mean((1, 2, 3))], 1)
+        return halves / np.linalg.norm(halves, axis=1, keepdims=True)
+
+
+def test_gallery_photos_embed_as_the_mean_of_their_views():
+    bright_left = np.zeros((1, 3, 4, 4), np.float32)
+    bright_left[..., :2] = 3.0
+    bright_left[..., 2:] = 1.0
+    query = HalvesEmbedder(2).embed_batch(bright_left)[0]
+    np.testing.assert_allclose(query, np.array([3.0, 1.0]) / np.sqrt(10))
+    # With its mirror image, (3, 1) and (1, 3): the mean points along (1, 1).
+    np.testing.assert_allclose(embed_for_gallery(HalvesEmbedder(2), bright_left)[0],
+                               [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(embed_for_gallery(HalvesEmbedder(1), bright_left)[0], query)
+
+
+def test_gallery_views_are_stored_in_the_checkpoint_and_change_its_fingerprint(
+        tiny_checkpoint, tmp_path):
+    path = tmp_path / "views.pt"
+    path.write_bytes(tiny_checkpoint.read_bytes())
+    loaded = load_checkpoint(path)
+    assert loaded.meta.preprocessing.gallery_views == 1
+    two = with_gallery_views(loaded, 2)
+    assert two.meta.preprocessing.gallery_views == 2 and two.fingerprint != loaded.fingerprint
+    assert with_gallery_views(loaded, 1) is loaded
+    set_checkpoint_extra(path, "note", "views", gallery_views=2)
+    again = load_checkpoint(path)
+    assert again.meta.preprocessing.gallery_views == 2 and again.meta.extra["note"] == "views"
+    assert again.fingerprint != loaded.fingerprint  # a new file: its gallery is embedded again
+    state = read_checkpoint(path)[1]
+    assert all((state[k] == v).all() for k, v in read_checkpoint(tiny_checkpoint)[1].items())
+    with pytest.raises(ValueError, match="gallery_views"):
+        set_checkpoint_extra(path, "note", "views", gallery_views=5)

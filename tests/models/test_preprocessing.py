@@ -8,6 +8,7 @@ from models.preprocessing import (
     ImageDecodeError,
     Preprocessing,
     eval_transform,
+    gallery_views,
     load_image,
     preprocess,
     train_transform,
@@ -122,3 +123,23 @@ def test_preprocess_equals_torchvision_resize_crop_normalise(size):
     assert ours.dtype == np.float32 and ours.shape == (3, 224, 224)
     np.testing.assert_allclose(ours, reference(image).numpy(), atol=1e-6)
     np.testing.assert_array_equal(eval_transform(pre)(image).numpy(), ours)
+
+
+def test_gallery_views_are_the_inputs_then_their_mirror_images():
+    batch = np.arange(2 * 3 * 2 * 3, dtype=np.float32).reshape(2, 3, 2, 3)
+    assert (gallery_views(batch, 1) == batch).all()
+    views = gallery_views(batch, 2)
+    assert views.shape == (4, 3, 2, 3)
+    assert (views[:2] == batch).all()
+    # Mirrored left to right: each row's columns reversed, rows and channels kept.
+    assert views[2, 0, 0].tolist() == [2.0, 1.0, 0.0]
+    assert views[3, 2, 1].tolist() == batch[1, 2, 1, ::-1].tolist()
+
+
+def test_gallery_views_travel_with_the_preprocessing():
+    two = Preprocessing(image_size=64, gallery_views=2)
+    assert Preprocessing.from_dict(two.to_dict()) == two
+    older = {k: v for k, v in two.to_dict().items() if k != "gallery_views"}
+    assert Preprocessing.from_dict(older).gallery_views == 1  # files from before read as one
+    with pytest.raises(ValueError, match="gallery_views"):
+        Preprocessing(gallery_views=3)

@@ -2,11 +2,13 @@
 are known, and the CLI on synthetic photos."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from models.preprocessing import load_image, preprocess
 from tests.helpers import COLOURS, make_image_folder
 from training import openset
 
@@ -37,8 +39,8 @@ def test_one_split_on_vectors_whose_answers_are_known():
     gallery = openset.Gallery(["k0"], np.array([unit(1, 0, 0, 0) * 3]), np.array([3]),
                               np.stack([unit(1, 0.1, 0, 0), unit(0, 1, 0, 0)]),
                               np.array(["k0", "k0"], dtype=object))
-    held = {"h0": (np.stack([unit(0, 1, 0, 0)] * 4), 2),
-            "h1": (np.stack([unit(0, 0, 1, 0)] * 4), 2)}
+    held = {"h0": openset.ClassPhotos.single_view(np.stack([unit(0, 1, 0, 0)] * 4), 2),
+            "h1": openset.ClassPhotos.single_view(np.stack([unit(0, 0, 1, 0)] * 4), 2)}
     other = np.stack([unit(0, 0, 0, 1)] * 3)
     scores = openset.split_scores(held, gallery, ["h0", "h1"], other, shots=1,
                                   calibration=None, rng=np.random.default_rng(0))
@@ -196,6 +198,35 @@ def test_calibrate_then_choose_the_threshold_on_held_out_classes(tiny_checkpoint
     assert chosen.few_shot_bonus == best["few_shot_bonus"]
 
 
+def test_calibrating_with_two_gallery_views_measures_and_stores_them(tiny_checkpoint, tmp_path):
+    from models.base import embed_for_gallery
+    from models.checkpoint import load_checkpoint
+    from models.runtimes.factory import open_embedder
+    from training import calibrate
+
+    classes = {k: COLOURS[k] for k in COLOURS}
+    train = make_image_folder(tmp_path / "train", classes, per_class=4, seed=1)
+    test = make_image_folder(tmp_path / "test", classes, per_class=2, seed=2)
+    checkpoint, cache = tmp_path / "c.pt", tmp_path / "cache"
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    common = ["--checkpoint", str(checkpoint), "--gallery", str(train), "--queries", str(test),
+              "--classes", ",".join(COLOURS), "--splits", "1", "--cache", str(cache)]
+    one = calibrate.main(common)
+    two = calibrate.main([*common, "--gallery-views", "2", "--write"])
+    assert (one["gallery_views"], two["gallery_views"]) == (1, 2)
+    assert one["calibration"]["mean"] != two["calibration"]["mean"]  # shots: other vectors
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.meta.preprocessing.gallery_views == 2
+    # The shots were cached apart from the queries, as the gallery embeds them.
+    [views_cache] = cache.glob("*-views2.npz")
+    with np.load(views_cache) as stored:
+        paths, vectors = stored["paths"].tolist(), stored["vectors"]
+    embedder = open_embedder(loaded, "onnx", "cpu").embedder
+    inputs = np.stack([preprocess(load_image(path), embedder.preprocessing) for path in paths])
+    np.testing.assert_allclose(vectors, embed_for_gallery(embedder, inputs), atol=1e-5)
+    assert paths and all(Path(path).is_relative_to(train) for path in paths)
+
+
 def test_shot_statistics_by_hand():
     from training.calibrate import SHOTS, shot_statistics
 
@@ -203,8 +234,10 @@ def test_shot_statistics_by_hand():
         return np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees))])
 
     # One shot and one query per class, the query 10 degrees from its shot.
-    vectors = {"a": (np.stack([at(0), at(10)]), 1), "b": (np.stack([at(90), at(80)]), 1),
-               "c": (np.stack([at(180), at(190)]), 1)}
+    photos = openset.ClassPhotos.single_view
+    vectors = {"a": photos(np.stack([at(0), at(10)]), 1),
+               "b": photos(np.stack([at(90), at(80)]), 1),
+               "c": photos(np.stack([at(180), at(190)]), 1)}
     genuine_mean, genuine_std = shot_statistics(vectors, np.random.default_rng(0), "genuine")
     assert genuine_mean[0] == pytest.approx(np.cos(np.radians(10)))
     assert genuine_std[0] == pytest.approx(1e-3)  # no spread: the floor

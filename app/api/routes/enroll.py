@@ -39,7 +39,8 @@ async def enroll(
                            f"at most {settings.max_files_per_enroll} files per request",
                            "too_many_files")
     images = [await decode_upload(await read_upload(f, settings), embedding) for f in file]
-    vectors = np.stack(await asyncio.gather(*(embedding.embed(i.model_input) for i in images)))
+    vectors = np.stack(await asyncio.gather(*(embedding.embed_for_gallery(i.model_input)
+                                               for i in images)))
     warnings = await asyncio.to_thread(gallery.enrol_warnings, label, vectors)
     results = await asyncio.to_thread(gallery.enroll, label, images, vectors)
     if not any(created for _, created in results):
