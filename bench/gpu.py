@@ -26,7 +26,7 @@ import torch
 from bench.harness import Service
 from bench.http_load import search_latencies, search_request, search_throughput
 from bench.reliability import make_gallery
-from models.base import DEFAULT_CHECKPOINT
+from models.base import DEFAULT_CHECKPOINT, embed_for_gallery
 from models.checkpoint import load_checkpoint
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
 from models.runtimes.eager import TorchEmbedder
@@ -94,8 +94,9 @@ def gpu_preprocess(data: list[bytes], resize: int, crop: int,
 
 def bench_gallery_files(checkpoint: str, gallery: Path, device: torch.device,
                         batch: int = 64) -> dict:
-    """Embedding every JPEG of ``gallery`` from its bytes on disk: decoded and preprocessed
-    on CPU threads (the service's path), and decoded on the GPU where it can."""
+    """Embedding every JPEG of ``gallery`` from its bytes on disk as the service stores
+    them (with the checkpoint's gallery views): decoded and preprocessed on CPU threads (the
+    service's path), and decoded on the GPU where it can."""
     opened = open_embedder(checkpoint, "auto", str(device))
     embedder, pre = opened.embedder, opened.embedder.preprocessing
     files = sorted(gallery.rglob("*.jpg"))
@@ -107,7 +108,7 @@ def bench_gallery_files(checkpoint: str, gallery: Path, device: torch.device,
             for start in range(0, len(files), batch):
                 inputs = list(pool.map(lambda p: preprocess(load_image(p.read_bytes()), pre),
                                        files[start : start + batch]))
-                vectors.append(embedder.embed_batch(np.stack(inputs)))
+                vectors.append(embed_for_gallery(embedder, np.stack(inputs)))
         return np.concatenate(vectors)
 
     started = time.perf_counter()
@@ -115,10 +116,10 @@ def bench_gallery_files(checkpoint: str, gallery: Path, device: torch.device,
     out["cpu_decode_files_per_s"] = len(files) / (time.perf_counter() - started)
     if device.type == "cuda":
         started = time.perf_counter()
-        vectors = [embedder.embed_batch(gpu_preprocess([p.read_bytes() for p in
-                                                        files[s : s + batch]],
-                                                       pre.resize_size, pre.image_size,
-                                                       device))
+        vectors = [embed_for_gallery(embedder, gpu_preprocess([p.read_bytes() for p in
+                                                               files[s : s + batch]],
+                                                              pre.resize_size,
+                                                              pre.image_size, device))
                    for s in range(0, len(files), batch)]
         out["gpu_decode_files_per_s"] = len(files) / (time.perf_counter() - started)
         cosine = np.sum(np.concatenate(vectors) * cpu, axis=1)

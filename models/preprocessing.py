@@ -189,11 +189,16 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     return normalised_planes(cropped, pre.mean, pre.std)
 
 
-def gallery_views(batch: np.ndarray, views: int) -> np.ndarray:
+def gallery_views(batch: np.ndarray | torch.Tensor, views: int) -> np.ndarray | torch.Tensor:
     """(N, 3, H, W) model inputs -> (views * N, 3, H, W): the inputs, then (with 2 views)
-    their mirror images."""
-    batch = np.asarray(batch, dtype=np.float32)
-    return batch if views == 1 else np.concatenate([batch, batch[..., ::-1]])
+    their mirror images. A tensor stays a tensor on its device (e.g. decoded on a GPU)."""
+    if views == 1:
+        return batch
+    if isinstance(batch, np.ndarray):
+        return np.concatenate([batch, batch[..., ::-1]])
+    import torch
+
+    return torch.cat([batch, batch.flip(-1)])
 
 
 def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:

@@ -143,3 +143,13 @@ def test_gallery_views_travel_with_the_preprocessing():
     assert Preprocessing.from_dict(older).gallery_views == 1  # files from before read as one
     with pytest.raises(ValueError, match="gallery_views"):
         Preprocessing(gallery_views=3)
+
+
+def test_gallery_views_of_a_tensor_stay_a_tensor():
+    import torch
+
+    batch = torch.arange(12, dtype=torch.float32).reshape(1, 1, 3, 4)
+    views = gallery_views(batch, 2)
+    assert isinstance(views, torch.Tensor) and views.shape == (2, 1, 3, 4)
+    assert views[1, 0, 0].tolist() == [3.0, 2.0, 1.0, 0.0]
+    np.testing.assert_array_equal(views.numpy(), gallery_views(batch.numpy(), 2))
