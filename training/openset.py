@@ -13,7 +13,9 @@ held-out classes) pool their splits: one threshold and one bonus are reported an
 each encoder scored with its own shot statistics. Each seeded split enrols K shots (from
 ``--gallery``) of half the held-out classes; their other photos (both roots) must get their
 label, and the photos of the other half must get ``unknown``, as must other-domain photos
-(``--other-domain``, or generated synthetic scenes). The rule is the service's
+(``--other-domain``, or generated synthetic scenes). Gallery photos and shots are embedded
+as the service stores them (with the checkpoint's ``gallery_views``), queries as the service
+embeds a query. The rule is the service's
 (``models/decision.py``): with the checkpoint's shot calibration, each label's cosine is
 standardised by its number of photos (plus the few-shot bonus) and ``unknown`` falls below
 the calibrated threshold; ``--raw`` uses plain cosines instead, ``--threshold`` replaces the
