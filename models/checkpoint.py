@@ -88,9 +88,7 @@ def at_image_size(loaded: LoadedEncoder, image_size: int) -> LoadedEncoder:
         raise CheckpointError(f"image size {image_size} is too small (at least 32)")
     if image_size == loaded.meta.preprocessing.image_size:
         return loaded
-    meta = replace(loaded.meta, preprocessing=replace(loaded.meta.preprocessing,
-                                                      image_size=image_size))
-    return replace(loaded, meta=meta, fingerprint=f"{loaded.fingerprint}@{image_size}px")
+    return _with_preprocessing(loaded, f"@{image_size}px", image_size=image_size)
 
 
 def with_gallery_views(loaded: LoadedEncoder, views: int) -> LoadedEncoder:
@@ -99,9 +97,13 @@ def with_gallery_views(loaded: LoadedEncoder, views: int) -> LoadedEncoder:
     and ONNX exports (which carry the preprocessing) of different views never mix."""
     if views == loaded.meta.preprocessing.gallery_views:
         return loaded
-    meta = replace(loaded.meta, preprocessing=replace(loaded.meta.preprocessing,
-                                                      gallery_views=views))
-    return replace(loaded, meta=meta, fingerprint=f"{loaded.fingerprint}+{views}views")
+    return _with_preprocessing(loaded, f"+{views}views", gallery_views=views)
+
+
+def _with_preprocessing(loaded: LoadedEncoder, fingerprint_suffix: str,
+                        **changes: Any) -> LoadedEncoder:
+    meta = replace(loaded.meta, preprocessing=replace(loaded.meta.preprocessing, **changes))
+    return replace(loaded, meta=meta, fingerprint=loaded.fingerprint + fingerprint_suffix)
 
 
 def current_versions() -> dict[str, str]:

@@ -150,6 +150,8 @@ class EmbeddingService:
         """One gallery photo's embedding (an enrolment): its views go through the queue as
         queries do, side by side in the lanes, and their mean is stored."""
         views = self.embedder.preprocessing.gallery_views
+        if views == 1:
+            return await self.embed(model_input)
         vectors = await asyncio.gather(*(self.embed(view) for view in
                                          gallery_views(model_input[None], views)))
         return mean_of_views(np.stack(vectors), views)[0]

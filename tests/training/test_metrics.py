@@ -20,6 +20,18 @@ def test_perfect_embedding_scores_one():
     assert acc["accuracy"] == 1.0 and acc["ci95"] == 0.0
 
 
+def test_fewshot_supports_come_from_the_support_embeddings_when_given():
+    labels = np.repeat(np.arange(5), 4)
+    emb = one_hot_embeddings(labels, 5)
+    # As stored, each photo points at the next class: every query goes to the wrong one.
+    shifted = one_hot_embeddings((labels + 1) % 5, 5)
+    acc = fewshot_accuracy(emb, labels, n_way=5, k_shot=1, episodes=20,
+                           support_embeddings=shifted)
+    assert acc["accuracy"] == 0.0
+    same = fewshot_accuracy(emb, labels, n_way=5, k_shot=1, episodes=20, support_embeddings=emb)
+    assert same == fewshot_accuracy(emb, labels, n_way=5, k_shot=1, episodes=20)
+
+
 def test_random_embedding_scores_about_chance():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(20), 10)
