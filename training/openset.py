@@ -376,6 +376,7 @@ class Run:
     runtime: str
     heldout: list[str]
     gallery_classes: int
+    gallery_views: int  # how its gallery photos and shots were embedded
     calibration: ShotCalibration | None
     score_splits: Callable[[ShotCalibration | None], dict[int, list[SplitScores]]]
 
@@ -411,11 +412,17 @@ def pooled(runs: list[Run], bonus: float | None) -> dict[int, list[SplitScores]]
 
 
 def write_threshold(checkpoint: Path, scored: dict[int, list[SplitScores]],
-                    scored_with: ShotCalibration | None) -> ShotCalibration:
+                    scored_with: ShotCalibration | None, gallery_views: int) -> ShotCalibration:
     """Store the threshold with the best mean service accuracy over the K's, the confidence
     fit (:func:`threshold_and_confidence`) and the few-shot bonus the splits were scored
-    with, in ``checkpoint``."""
-    target = shot_calibration(load_checkpoint(checkpoint).meta.extra)
+    with, in ``checkpoint``, whose gallery must embed its photos as the splits' did."""
+    meta = load_checkpoint(checkpoint).meta
+    target = shot_calibration(meta.extra)
+    stored_views = meta.preprocessing.gallery_views
+    if stored_views != gallery_views:
+        raise SystemExit(f"{checkpoint} stores gallery photos as {stored_views} view(s), these "
+                         f"splits as {gallery_views}: calibrate both with the same "
+                         "--gallery-views first")
     if target is None:
         raise SystemExit(f"{checkpoint} has no shot statistics: run training.calibrate on it "
                          "first")
@@ -494,14 +501,16 @@ def main(argv: list[str] | None = None) -> dict:
                             for seed in range(args.splits)] for shots in shot_counts}
 
         calibration = None if args.raw else shot_calibration(loaded.meta.extra)
-        return Run(checkpoint, embedder.name, heldout, len(gallery.labels), calibration,
-                   score_splits), other_source
+        return Run(checkpoint, embedder.name, heldout, len(gallery.labels),
+                   embedder.preprocessing.gallery_views, calibration, score_splits), other_source
 
     opened_runs = [open_run(c) for c in args.checkpoint]
     runs, other_source = [r for r, _ in opened_runs], opened_runs[0][1]
     if len({r.calibration is None for r in runs}) > 1 or len(
-            {r.calibration.statistic for r in runs if r.calibration}) > 1:
-        raise SystemExit("pooled checkpoints must be calibrated alike (training.calibrate)")
+            {r.calibration.statistic for r in runs if r.calibration}) > 1 or len(
+            {r.gallery_views for r in runs}) > 1:
+        raise SystemExit("pooled checkpoints must be calibrated alike (training.calibrate, "
+                         "the same statistic and --gallery-views)")
     first = runs[0].calibration
     bonus = first.few_shot_bonus if first else None
     threshold, sweep = unknown_threshold(first), []
@@ -516,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
     calibration = runs[0].rule(bonus)
     scored = pooled(runs, bonus)
     results: dict = {"checkpoints": [{"checkpoint": r.checkpoint, "runtime": r.runtime,
+                                      "gallery_views": r.gallery_views,
                                       "heldout": r.heldout,
                                       "gallery_classes": r.gallery_classes} for r in runs],
                      "rule": rule_name(calibration), "few_shot_bonus": bonus,
@@ -525,7 +535,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["few_shot_bonus_sweep"] = sweep
     confidence_of = calibration  # the confidence fit reported: the one written, if any
     if args.write_threshold:
-        confidence_of = write_threshold(args.write_threshold, scored, calibration)
+        confidence_of = write_threshold(args.write_threshold, scored, calibration,
+                                        runs[0].gallery_views)
         threshold = results["threshold"] = confidence_of.threshold
     for shots, splits in scored.items():
         metrics = [split_metrics(s, threshold) for s in splits]

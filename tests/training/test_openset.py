@@ -225,6 +225,21 @@ def test_calibrating_with_two_gallery_views_measures_and_stores_them(tiny_checkp
     inputs = np.stack([preprocess(load_image(path), embedder.preprocessing) for path in paths])
     np.testing.assert_allclose(vectors, embed_for_gallery(embedder, inputs), atol=1e-5)
     assert paths and all(Path(path).is_relative_to(train) for path in paths)
+    # A threshold chosen on two-view splits goes only into a two-view checkpoint, and only
+    # encoders calibrated alike are pooled.
+    single = tmp_path / "single.pt"
+    single.write_bytes(tiny_checkpoint.read_bytes())
+    calibrate.main([*common[:1], str(single), *common[2:], "--write"])
+    evaluation = ["--gallery", str(train), "--queries", str(test), "--heldout",
+                  "red,green,blue,cyan", "--shots", "1", "--splits", "1"]
+    with pytest.raises(SystemExit, match="gallery photos as 1 view"):
+        openset.main(["--checkpoint", str(checkpoint), *evaluation,
+                      "--write-threshold", str(single)])
+    with pytest.raises(SystemExit, match="calibrated alike"):
+        openset.main(["--checkpoint", str(checkpoint), str(single), *evaluation])
+    result = openset.main(["--checkpoint", str(checkpoint), *evaluation,
+                           "--write-threshold", str(checkpoint)])
+    assert result["checkpoints"][0]["gallery_views"] == 2
 
 
 def test_shot_statistics_by_hand():
