@@ -16,10 +16,9 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Request, Security, status
 from fastapi.security import APIKeyHeader
-from starlette.datastructures import UploadFile
 
 from app.api.errors import ServiceError
-from app.api.uploads import check_upload, decode_upload, read_upload
+from app.api.uploads import check_upload, decode_upload, file_from_form
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
@@ -110,13 +109,9 @@ async def read_photo(request: Request, settings: Settings) -> bytes:
     """The uploaded photo's bytes, from either form of :data:`PHOTO_BODY`."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=8) as form:
-            file = form.get(PHOTO_FIELD)
-            if not isinstance(file, UploadFile):
-                raise ServiceError(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                   f"{PHOTO_FIELD}: the multipart form has no file field "
-                                   f"{PHOTO_FIELD!r}", "invalid_request")
-            return await read_upload(file, settings)
+        name, data = file_from_form(await request.body(), request.headers["content-type"],
+                                    PHOTO_FIELD, max_fields=8)
+        return check_upload(data, name, settings)
     if content_type.startswith(RAW_PHOTO_TYPES):
         return check_upload(await request.body(), "the request body", settings)
     raise ServiceError(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
