@@ -18,7 +18,7 @@ from fastapi import Depends, Request, Security, status
 from fastapi.security import APIKeyHeader
 
 from app.api.errors import ServiceError
-from app.api.uploads import check_upload, decode_upload, file_from_form
+from app.api.uploads import check_upload, file_from_form
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
@@ -125,8 +125,7 @@ async def embed_uploaded_photo(request: Request) -> EmbeddedPhoto:
     embedding = ready_embedding(state)
     data = await read_photo(request, state.settings)
     started = time.perf_counter()
-    image = await decode_upload(data, embedding)
-    return EmbeddedPhoto(await embedding.embed(image.model_input), started)
+    return EmbeddedPhoto(await embedding.embed_upload(data), started)
 
 
 PhotoDep = Annotated[EmbeddedPhoto, Depends(embed_uploaded_photo)]

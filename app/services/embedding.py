@@ -13,7 +13,8 @@ moment their last call ends (the event loop, busy with HTTP, would hand work out
   window joins the batch.
 
 Uploads are decoded on a pool of their own at a lower priority (``decode_nice``, Linux),
-so that decoding fills the gaps instead of taking cores from the model.
+so that decoding fills the gaps instead of taking cores from the model; a query upload that
+finds the service idle is decoded by the model's worker itself (one hand-off fewer).
 docs/performance.md has the measurements behind these choices.
 """
 
@@ -36,7 +37,7 @@ from PIL import Image
 
 from app.core.config import Settings
 from models.base import Embedder, embed_for_gallery, mean_of_views
-from models.preprocessing import gallery_views, load_image, preprocess
+from models.preprocessing import ImageDecodeError, gallery_views, load_image, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ShuttingDown(RuntimeError):
     def __init__(self) -> None:
         super().__init__("the service is shutting down")
 
-Waiting = tuple[np.ndarray, asyncio.Future]
+Waiting = tuple[np.ndarray | bytes, asyncio.Future]  # bytes: an upload still to decode
 
 
 class EmbeddingService:
@@ -71,6 +72,7 @@ class EmbeddingService:
         self.lane_calls = 0  # lane calls in flight
         self.all_core_call = False  # an all-core call in flight: the lanes wait for it
         self.stopping = False
+        self.decoding = 0  # uploads on the decoding pool (read and written on the loop)
         self.workers: list[threading.Thread] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -96,12 +98,15 @@ class EmbeddingService:
         if self.stopping:
             raise ShuttingDown()
         loop = asyncio.get_running_loop()
+        self.decoding += 1
         try:
             return await loop.run_in_executor(self.decode_pool, self.decode, data)
         except RuntimeError:  # the pool refuses new work once stop() has shut it down
             if self.stopping:
                 raise ShuttingDown() from None
             raise
+        finally:
+            self.decoding -= 1
 
     def embed_inputs(self, inputs: list[np.ndarray], in_lane: bool = False) -> np.ndarray:
         """Blocking batch embedding of queries: the all-core call, or a single-threaded
@@ -137,12 +142,25 @@ class EmbeddingService:
 
     async def embed(self, model_input: np.ndarray) -> np.ndarray:
         """Embed one preprocessed image, batched with whatever else is waiting."""
+        return await self._queue(model_input)
+
+    async def embed_upload(self, data: bytes) -> np.ndarray:
+        """A query photo's bytes -> its embedding; raises ImageDecodeError. On an idle
+        service the model's worker decodes the photo itself (one hand-off to a thread and
+        back instead of two); otherwise the decoding pool decodes it and the model input
+        joins the queue."""
+        if not (self.waiting or self.lane_calls or self.all_core_call or self.decoding):
+            return await self._queue(data)
+        _, model_input = await self.decode_async(data)
+        return await self.embed(model_input)
+
+    async def _queue(self, item: np.ndarray | bytes) -> np.ndarray:
         assert self.loop is not None, "EmbeddingService.start() was not called"
         future: asyncio.Future = self.loop.create_future()
         with self.changed:
             if self.stopping:
                 raise ShuttingDown()
-            self.waiting.append((model_input, future))
+            self.waiting.append((item, future))
             self.changed.notify()
         return await future
 
@@ -165,7 +183,9 @@ class EmbeddingService:
                     return
             batch, in_lane = taken
             try:
-                vectors = self.embed_inputs([model_input for model_input, _ in batch], in_lane)
+                batch = self._decoded(batch)
+                vectors = (self.embed_inputs([model_input for model_input, _ in batch], in_lane)
+                           if batch else np.zeros((0, self.dim), np.float32))
             except Exception as exc:  # hand the failure to every waiting request
                 log.exception("embedding a batch of %d failed", len(batch))
                 self._answer(_fail, batch, exc)
@@ -178,6 +198,20 @@ class EmbeddingService:
                     else:
                         self.all_core_call = False
                     self.changed.notify_all()
+
+    def _decoded(self, batch: list[Waiting]) -> list[Waiting]:
+        """The batch with uploads queued as bytes decoded; one that fails to decode gets
+        its error and leaves the batch."""
+        ready = []
+        for item, future in batch:
+            if isinstance(item, bytes):
+                try:
+                    item = self.decode(item)[1]
+                except ImageDecodeError as exc:
+                    self._answer(_fail, [(item, future)], exc)
+                    continue
+            ready.append((item, future))
+        return ready
 
     def _take(self) -> tuple[list[Waiting], bool] | None:
         """With ``changed`` held: the next batch, and whether it goes to a lane; None when

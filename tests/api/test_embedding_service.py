@@ -10,7 +10,7 @@ import pytest
 from app.core.config import Settings
 from app.services.embedding import EmbeddingService
 from app.stores.faiss_index import ReadWriteLock
-from models.preprocessing import Preprocessing
+from models.preprocessing import ImageDecodeError, Preprocessing
 from tests.helpers import jpeg_bytes, synthetic_image
 
 
@@ -324,3 +324,39 @@ def test_uploads_decode_on_lower_priority_threads_and_the_rest_keeps_its_own():
     assert decoder_nice == min(19, before + 5)
     assert model_nice == before and own_nice() == before
     assert asyncio.run(scenario(0))[2] == before
+
+
+def test_an_upload_on_an_idle_service_is_decoded_by_the_model_worker_otherwise_by_the_pool():
+    data = jpeg_bytes(synthetic_image((200, 30, 30), 0))
+
+    async def scenario():
+        service = embedding_service(RecordingEmbedder(delay=0.2))
+        decoded_on = []
+        decode = service.decode
+
+        def recording_decode(upload: bytes):
+            decoded_on.append(threading.current_thread().name)
+            return decode(upload)
+
+        service.decode = recording_decode
+        await service.start()
+        try:
+            alone = await service.embed_upload(data)
+            expected = await service.embed(decode(data)[1])
+            # While a call is in flight the pool decodes, and the input joins the queue.
+            busy = asyncio.ensure_future(service.embed(np.zeros((3, 8, 8), np.float32)))
+            await asyncio.sleep(0.05)
+            beside = await service.embed_upload(data)
+            await busy
+            with pytest.raises(ImageDecodeError):
+                await service.embed_upload(b"not an image")
+            await asyncio.sleep(0.05)  # the worker's call has ended: idle again
+            after = await service.embed_upload(data)  # the worker goes on
+        finally:
+            await service.stop()
+        return decoded_on, alone, expected, beside, after
+
+    decoded_on, alone, expected, beside, after = asyncio.run(scenario())
+    assert decoded_on[0] == "embed" and decoded_on[1].startswith("decode")
+    assert decoded_on[2:] == ["embed", "embed"]
+    assert float(alone[0]) == float(expected[0]) == float(beside[0]) == float(after[0])
