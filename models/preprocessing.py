@@ -128,7 +128,8 @@ def load_image(
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
             source_format = image.format
-            rgb = to_rgb(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # upright, without a copy
+            rgb = to_rgb(image)
             rgb.format = source_format  # conversions drop it; callers store files by it
             return rgb
     except ImageDecodeError:
