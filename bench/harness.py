@@ -41,13 +41,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(cmd: list[str], env: dict[str, str], port: int,
-            timeout: float = 240) -> Iterator[subprocess.Popen]:
-    """Run the service as a process until /readyz says ready; stop it afterwards.
-    Its output goes to service-<port>.log beside DATA_DIR."""
+def service(cmd: list[str], env: dict[str, str], port: int, timeout: float = 240,
+            root: Path = ROOT) -> Iterator[subprocess.Popen]:
+    """Run the service as a process, in the source tree ``root``, until /readyz says ready;
+    stop it afterwards. Its output goes to service-<port>.log beside DATA_DIR."""
     log_path = Path(env["DATA_DIR"]).parent / f"service-{port}.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+        process = subprocess.Popen(cmd, cwd=root, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + timeout
@@ -82,6 +82,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     timeout: float = 1800  # a first start embeds the whole gallery
+    root: Path = ROOT  # the source tree whose app runs (another checkout, for an A/B)
 
     @property
     def url(self) -> str:
@@ -97,7 +98,7 @@ class Service:
     def run(self) -> AbstractContextManager[subprocess.Popen]:
         """``python -m app`` with this environment, until ready (see :func:`service`)."""
         return service([sys.executable, "-m", "app"], self.environment(), self.port,
-                       timeout=self.timeout)
+                       timeout=self.timeout, root=self.root)
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:

@@ -218,3 +218,24 @@ def test_the_machine_line_names_the_cpu_and_its_int8_instruction_sets():
     assert cpu_description(avx2) == "Intel Xeon (avx2)"
     assert cpu_description("flags\t: fpu sse2\n") == "unknown CPU (no AVX2)"
     assert cpu_description("") == "unknown CPU (no AVX2)"
+
+
+@pytest.mark.slow
+def test_side_by_side_times_two_trees_services_against_the_bare_call(tiny_checkpoint, tmp_path):
+    """`python -m bench.side_by_side`: both services answer, each is timed beside the bare
+    call, and each one's CPU is split between its event loop and its other threads."""
+    from bench.harness import ROOT
+    from bench.side_by_side import REQUESTS_PER_BLOCK, compare
+
+    gallery = make_image_folder(tmp_path / "gallery", {n: COLOURS[n] for n in ("red", "blue")},
+                                per_class=2)
+    queries = [path.read_bytes() for path in sorted(gallery.rglob("*.jpg"))]
+    result = compare([ROOT, ROOT], gallery, str(tiny_checkpoint), tmp_path / "work", 2, queries)
+    assert result["bare_call_ms"] > 0 and len(result["trees"]) == 2
+    for summary in result["trees"]:
+        assert summary["tree"] == str(ROOT)
+        assert summary["p50_ms"] > 0
+        assert summary["p50_minus_bare_ms"] == pytest.approx(
+            summary["p50_ms"] - result["bare_call_ms"])
+        assert summary["loop_cpu_ms_per_request"] > 0 and summary["other_cpu_ms_per_request"] > 0
+        assert summary["requests_timed"] == 2 * REQUESTS_PER_BLOCK

@@ -1,0 +1,146 @@
+"""Two versions of the service side by side, for an A/B of a change on a shared machine
+whose speed drifts: one-client ``/search`` latency in blocks that alternate between the two
+services and with blocks of bare model calls, and each service's CPU per request from
+``/proc`` (its event loop's thread apart from the others: the loop's work is on every
+request's path).
+
+    git worktree add /tmp/before HEAD~1
+    python -m bench.side_by_side /tmp/before . --gallery ../shared/data/grocery/train
+
+Both run this interpreter; each tree's own ``app`` and ``models`` serve. A service's
+first start embeds the gallery (``--work`` keeps its data for the next run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import Service
+from bench.http_load import BareConnection, search_request
+from models.base import DEFAULT_CHECKPOINT
+from models.checkpoint import load_checkpoint
+from models.runtimes.factory import open_embedder
+
+WARM_UP_S = 3.0  # each service, before anything is timed
+REQUESTS_PER_BLOCK = 50
+BARE_CALLS_PER_BLOCK = 20
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU nanoseconds so far of each thread of process ``pid`` (Linux ``schedstat``)."""
+    cpu = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a thread that ended meanwhile
+            cpu[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+    return cpu
+
+
+@dataclass
+class Measured:
+    """One service's requests, in seconds, and its CPU over them, in nanoseconds."""
+
+    latencies: list[float] = field(default_factory=list)
+    loop_cpu_ns: int = 0  # the main thread: the event loop
+    other_cpu_ns: int = 0  # decoding, model and every other thread
+    requests: int = 0
+
+    def summary(self, bare_ms: float) -> dict[str, float | int]:
+        p50 = 1000 * statistics.median(self.latencies)
+        return {"p50_ms": p50, "p50_minus_bare_ms": p50 - bare_ms,
+                "requests_timed": len(self.latencies),
+                "loop_cpu_ms_per_request": self.loop_cpu_ns / 1e6 / self.requests,
+                "other_cpu_ms_per_request": self.other_cpu_ns / 1e6 / self.requests}
+
+
+async def timed_block(port: int, requests: list[bytes], first: int, pid: int,
+                      into: Measured) -> None:
+    """One block of requests, one after another on one connection (two untimed first)."""
+    connection = await BareConnection.open(port)
+    before = thread_cpu_ns(pid)
+    for i in range(REQUESTS_PER_BLOCK + 2):
+        start = time.perf_counter()
+        await connection.send(requests[(first + i) % len(requests)])
+        if i >= 2:
+            into.latencies.append(time.perf_counter() - start)
+    after = thread_cpu_ns(pid)
+    connection.close()
+    spent = {tid: ns - before.get(tid, 0) for tid, ns in after.items()}
+    into.loop_cpu_ns += spent.pop(pid, 0)
+    into.other_cpu_ns += sum(spent.values())
+    into.requests += REQUESTS_PER_BLOCK + 2
+
+
+async def warm_up(port: int, requests: list[bytes]) -> None:
+    connection = await BareConnection.open(port)
+    end, i = time.perf_counter() + WARM_UP_S, 0
+    while time.perf_counter() < end:
+        await connection.send(requests[i % len(requests)])
+        i += 1
+    connection.close()
+
+
+def compare(trees: list[Path], gallery: Path, checkpoint: str, work: Path, rounds: int,
+            queries: list[bytes]) -> dict:
+    """Each tree's summary and the bare call's median, in milliseconds."""
+    loaded = load_checkpoint(checkpoint)
+    bare = open_embedder(loaded, "auto", "auto", cache_dir=work / "onnx").embedder
+    size = bare.preprocessing.image_size
+    one = np.zeros((1, 3, size, size), np.float32)
+    specs = [Service(checkpoint, work / f"data-{i}", gallery, root=tree.resolve())
+             for i, tree in enumerate(trees)]
+    measured = [Measured() for _ in specs]
+    bare_s: list[float] = []
+    with specs[0].run() as first, specs[1].run() as second:
+        pids = [first.pid, second.pid]
+        requests = [[search_request(q, spec.port) for q in queries] for spec in specs]
+        for spec, reqs in zip(specs, requests, strict=True):
+            asyncio.run(warm_up(spec.port, reqs))
+        for r in range(rounds):
+            for i in range(BARE_CALLS_PER_BLOCK + 2):
+                start = time.perf_counter()
+                bare.embed_batch(one)
+                if i >= 2:
+                    bare_s.append(time.perf_counter() - start)
+            for k in (0, 1) if r % 2 == 0 else (1, 0):  # neither always goes first
+                asyncio.run(timed_block(specs[k].port, requests[k], r * REQUESTS_PER_BLOCK,
+                                        pids[k], measured[k]))
+            print(f"round {r + 1}/{rounds}", flush=True)
+    bare_ms = 1000 * statistics.median(bare_s)
+    return {"bare_call_ms": bare_ms, "rounds": rounds,
+            "trees": [{"tree": str(tree), **m.summary(bare_ms)}
+                      for tree, m in zip(trees, measured, strict=True)]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.side_by_side", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("trees", type=Path, nargs=2, help="two source trees (checkouts)")
+    p.add_argument("--gallery", type=Path, required=True, help="<class>/*.jpg folder")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--work", type=Path, help="where the services keep their data "
+                                             "(default: a new temporary folder)")
+    args = p.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="side-by-side-"))
+    queries = [path.read_bytes() for path in sorted(args.gallery.rglob("*.jpg"))[::50][:40]]
+    result = compare(args.trees, args.gallery, args.checkpoint, work, args.rounds, queries)
+    print(f"bare model call {result['bare_call_ms']:.3f} ms; {result['rounds']} rounds of "
+          f"{REQUESTS_PER_BLOCK} requests each")
+    for s in result["trees"]:
+        print(f"{s['tree']}: /search p50 {s['p50_ms']:.3f} ms ({s['p50_minus_bare_ms']:+.3f} over "
+              f"the bare call); CPU per request: event loop {s['loop_cpu_ms_per_request']:.3f}"
+              f" ms, other threads {s['other_cpu_ms_per_request']:.3f} ms")
+    return result
+
+
+if __name__ == "__main__":
+    main()
