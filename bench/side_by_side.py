@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     queries = [path.read_bytes() for path in sorted(args.gallery.rglob("*.jpg"))[::50][:40]]
     result = compare(args.trees, args.gallery, args.checkpoint, work, args.rounds, queries)
     print(f"bare model call {result['bare_call_ms']:.3f} ms; {result['rounds']} rounds of "
-          f"{REQUESTS_PER_BLOCK} requests each")
+          f"{REQUESTS_PER_BLOCK} requests each; the services' data in {work}")
     for s in result["trees"]:
         print(f"{s['tree']}: /search p50 {s['p50_ms']:.3f} ms ({s['p50_minus_bare_ms']:+.3f} over "
               f"the bare call); CPU per request: event loop {s['loop_cpu_ms_per_request']:.3f}"
