@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -110,6 +111,15 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU nanoseconds so far of each thread of process ``pid`` (Linux ``schedstat``)."""
+    cpu = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a thread that ended meanwhile
+            cpu[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+    return cpu
 
 
 def process_cpu_s(pid: int) -> float | None:

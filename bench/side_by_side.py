@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import tempfile
 import time
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Service
-from bench.http_load import BareConnection, search_request
+from bench.harness import Service, thread_cpu_ns
+from bench.http_load import search_latencies, search_request, search_throughput
 from models.base import DEFAULT_CHECKPOINT
 from models.checkpoint import load_checkpoint
 from models.runtimes.factory import open_embedder
@@ -33,15 +32,6 @@ from models.runtimes.factory import open_embedder
 WARM_UP_S = 3.0  # each service, before anything is timed
 REQUESTS_PER_BLOCK = 50
 BARE_CALLS_PER_BLOCK = 20
-
-
-def thread_cpu_ns(pid: int) -> dict[int, int]:
-    """CPU nanoseconds so far of each thread of process ``pid`` (Linux ``schedstat``)."""
-    cpu = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError):  # a thread that ended meanwhile
-            cpu[int(task.name)] = int((task / "schedstat").read_text().split()[0])
-    return cpu
 
 
 @dataclass
@@ -61,31 +51,17 @@ class Measured:
                 "other_cpu_ms_per_request": self.other_cpu_ns / 1e6 / self.requests}
 
 
-async def timed_block(port: int, requests: list[bytes], first: int, pid: int,
-                      into: Measured) -> None:
+def timed_block(port: int, requests: list[bytes], pid: int, into: Measured) -> None:
     """One block of requests, one after another on one connection (two untimed first)."""
-    connection = await BareConnection.open(port)
     before = thread_cpu_ns(pid)
-    for i in range(REQUESTS_PER_BLOCK + 2):
-        start = time.perf_counter()
-        await connection.send(requests[(first + i) % len(requests)])
-        if i >= 2:
-            into.latencies.append(time.perf_counter() - start)
+    block = asyncio.run(search_latencies(port, {"search": requests}, REQUESTS_PER_BLOCK,
+                                         blocks=1))
     after = thread_cpu_ns(pid)
-    connection.close()
+    into.latencies += block.round_trip["search"]
     spent = {tid: ns - before.get(tid, 0) for tid, ns in after.items()}
     into.loop_cpu_ns += spent.pop(pid, 0)
     into.other_cpu_ns += sum(spent.values())
     into.requests += REQUESTS_PER_BLOCK + 2
-
-
-async def warm_up(port: int, requests: list[bytes]) -> None:
-    connection = await BareConnection.open(port)
-    end, i = time.perf_counter() + WARM_UP_S, 0
-    while time.perf_counter() < end:
-        await connection.send(requests[i % len(requests)])
-        i += 1
-    connection.close()
 
 
 def compare(trees: list[Path], gallery: Path, checkpoint: str, work: Path, rounds: int,
@@ -103,7 +79,7 @@ def compare(trees: list[Path], gallery: Path, checkpoint: str, work: Path, round
         pids = [first.pid, second.pid]
         requests = [[search_request(q, spec.port) for q in queries] for spec in specs]
         for spec, reqs in zip(specs, requests, strict=True):
-            asyncio.run(warm_up(spec.port, reqs))
+            asyncio.run(search_throughput(spec.port, reqs, 1, WARM_UP_S))
         for r in range(rounds):
             for i in range(BARE_CALLS_PER_BLOCK + 2):
                 start = time.perf_counter()
@@ -111,8 +87,10 @@ def compare(trees: list[Path], gallery: Path, checkpoint: str, work: Path, round
                 if i >= 2:
                     bare_s.append(time.perf_counter() - start)
             for k in (0, 1) if r % 2 == 0 else (1, 0):  # neither always goes first
-                asyncio.run(timed_block(specs[k].port, requests[k], r * REQUESTS_PER_BLOCK,
-                                        pids[k], measured[k]))
+                # Each block starts at a rotated query, so that blocks differ.
+                shift = r * REQUESTS_PER_BLOCK % len(queries)
+                timed_block(specs[k].port, requests[k][shift:] + requests[k][:shift], pids[k],
+                            measured[k])
             print(f"round {r + 1}/{rounds}", flush=True)
     bare_ms = 1000 * statistics.median(bare_s)
     return {"bare_call_ms": bare_ms, "rounds": rounds,
