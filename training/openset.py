@@ -137,10 +137,6 @@ class ClassPhotos:
         """How many photos may be enrolled as shots: the first rows of ``queries``."""
         return len(self.stored)
 
-    @classmethod
-    def single_view(cls, vectors: np.ndarray, pool: int) -> ClassPhotos:
-        return cls(vectors, vectors[:pool])
-
 
 def split_scores(vectors: dict[str, ClassPhotos], gallery: Gallery, heldout: list[str],
                  other: np.ndarray, shots: int, calibration: ShotCalibration | None,

@@ -28,6 +28,11 @@ def test_classify_answers_unknown_below_the_threshold():
     np.testing.assert_allclose(score, [1.0, 0.8, 1.0])
 
 
+def single_view(vectors: np.ndarray, pool: int) -> openset.ClassPhotos:
+    """A class whose first ``pool`` photos may be shots, stored as their one view."""
+    return openset.ClassPhotos(vectors, vectors[:pool])
+
+
 def unit(*v):
     v = np.array(v, dtype=float)
     return v / np.linalg.norm(v)
@@ -39,8 +44,8 @@ def test_one_split_on_vectors_whose_answers_are_known():
     gallery = openset.Gallery(["k0"], np.array([unit(1, 0, 0, 0) * 3]), np.array([3]),
                               np.stack([unit(1, 0.1, 0, 0), unit(0, 1, 0, 0)]),
                               np.array(["k0", "k0"], dtype=object))
-    held = {"h0": openset.ClassPhotos.single_view(np.stack([unit(0, 1, 0, 0)] * 4), 2),
-            "h1": openset.ClassPhotos.single_view(np.stack([unit(0, 0, 1, 0)] * 4), 2)}
+    held = {"h0": single_view(np.stack([unit(0, 1, 0, 0)] * 4), 2),
+            "h1": single_view(np.stack([unit(0, 0, 1, 0)] * 4), 2)}
     other = np.stack([unit(0, 0, 0, 1)] * 3)
     scores = openset.split_scores(held, gallery, ["h0", "h1"], other, shots=1,
                                   calibration=None, rng=np.random.default_rng(0))
@@ -249,7 +254,7 @@ def test_shot_statistics_by_hand():
         return np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees))])
 
     # One shot and one query per class, the query 10 degrees from its shot.
-    photos = openset.ClassPhotos.single_view
+    photos = single_view
     vectors = {"a": photos(np.stack([at(0), at(10)]), 1),
                "b": photos(np.stack([at(90), at(80)]), 1),
                "c": photos(np.stack([at(180), at(190)]), 1)}
