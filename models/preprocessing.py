@@ -14,10 +14,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.resample import normalised_planes, resize_crop
 
@@ -90,29 +91,38 @@ class Preprocessing:
         )
 
 
-def load_image(
-    source: bytes | str | os.PathLike | BinaryIO,
+@dataclass(frozen=True)
+class DecodedImage:
+    """A photo decoded for the encoder: upright 8-bit RGB pixels and what the file was."""
+
+    pixels: np.ndarray  # (height, width, 3) uint8, at the draft scale when one was asked for
+    format: str  # the file's format ("JPEG", "PNG", ...): files are stored under it
+    size: tuple[int, int]  # the file's upright (width, height), before any draft scaling
+
+
+def decode_image(
+    source: bytes | str | os.PathLike,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
-) -> Image.Image:
-    """Decode an image to an upright 8-bit RGB ``PIL.Image``, or raise :class:`ImageDecodeError`.
-
-    The result's ``format`` is the file's format (``"JPEG"``, ``"PNG"``, ...).
+) -> DecodedImage:
+    """Decode an image to upright 8-bit RGB pixels, or raise :class:`ImageDecodeError`.
 
     ``draft_size`` lets JPEG decoding work at a reduced scale (DCT scaling) as long as both
     sides stay at least that large, which makes big phone photos several times cheaper.
+
+    Pillow reads every header and decides what is refused. A colour JPEG then decodes
+    straight to an array with ``simplejpeg`` (libjpeg-turbo, the same pixels as Pillow at
+    the same draft scale, tested); anything else, and any JPEG that ``simplejpeg`` finds
+    less than perfect, is decoded by Pillow, so both paths accept and refuse the same files.
     """
-    if isinstance(source, bytes | bytearray):
-        if not source:
-            raise ImageDecodeError("the file is empty")
-        stream: BinaryIO | str | os.PathLike = io.BytesIO(source)
-    else:
-        stream = source
+    data = source if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
+    if not data:
+        raise ImageDecodeError("the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
+            image = Image.open(io.BytesIO(data))
             if image.format not in ALLOWED_FORMATS:
                 raise UnsupportedFormatError(
                     f"unsupported image format {image.format!r}; "
@@ -124,25 +134,75 @@ def load_image(
                     f"image is too large: {width}x{height} pixels "
                     f"(limit {max_pixels:,} pixels)"
                 )
+            source_format = image.format
+            if image.format == "JPEG" and image.mode == "RGB":
+                pixels = _decode_jpeg(data, image, draft_size)
+                if pixels is not None:
+                    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+                    upright = (height, width) if orientation in _SIDEWAYS else (width, height)
+                    return DecodedImage(_oriented(pixels, orientation), source_format, upright)
             if draft_size and image.format in {"JPEG", "MPO"}:
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            source_format = image.format
+            drafted = image.size
             ImageOps.exif_transpose(image, in_place=True)  # upright, without a copy
-            rgb = to_rgb(image)
-            rgb.format = source_format  # conversions drop it; callers store files by it
-            return rgb
+            upright = (width, height) if image.size == drafted else (height, width)
+            return DecodedImage(np.asarray(to_rgb(image)), source_format, upright)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image, or an image format that cannot be read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError("image is too large (decompression bomb protection)") from None
-    except FileNotFoundError:
-        raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Truncated or corrupt data surfaces from the decoders as one of these.
         raise ImageDecodeError(f"the image data is corrupt or truncated ({exc})") from None
+
+
+def load_image(
+    source: bytes | str | os.PathLike,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """:func:`decode_image` as a ``PIL.Image`` whose ``format`` is the file's, for the
+    Pillow and torchvision transforms of training and for drawing."""
+    decoded = decode_image(source, max_pixels=max_pixels, draft_size=draft_size)
+    image = Image.fromarray(decoded.pixels)
+    image.format = decoded.format
+    return image
+
+
+def _decode_jpeg(data: bytes, header: Image.Image, draft_size: int | None) -> np.ndarray | None:
+    """A colour JPEG's pixels as Pillow would decode them, or None where Pillow must."""
+    scale = 1
+    if draft_size:  # Pillow's draft scale: the largest of 1/8, 1/4, 1/2 keeping both sides
+        fits = min(header.size[0] // draft_size, header.size[1] // draft_size)
+        scale = next((s for s in (8, 4, 2) if fits >= s), 1)
+    try:
+        return simplejpeg.decode_jpeg(
+            data, "RGB", min_width=-(-header.size[0] // scale),
+            min_height=-(-header.size[1] // scale), min_factor=scale, strict=True)
+    except ValueError:  # truncated, corrupt, or merely odd: Pillow decides
+        return None
+
+
+_SIDEWAYS = frozenset({5, 6, 7, 8})
+
+
+def _oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels turned upright for an EXIF orientation, as ``ImageOps.exif_transpose`` does."""
+    if orientation in (2, 3):
+        pixels = pixels[:, ::-1]
+    if orientation in (3, 4):
+        pixels = pixels[::-1]
+    if orientation in _SIDEWAYS:
+        pixels = pixels.transpose(1, 0, 2)
+        if orientation in (6, 7):
+            pixels = pixels[:, ::-1]
+        if orientation in (7, 8):
+            pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -165,17 +225,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
+def preprocess(image: Image.Image | np.ndarray, pre: Preprocessing) -> np.ndarray:
     """Deterministic input of evaluation and serving: (3, size, size) float32, normalised.
 
-    Shorter side resized to ``pre.resize_size`` (Pillow's antialiased bicubic), centre crop,
-    scale to 0..1, ImageNet mean/std: torchvision's Resize + CenterCrop + ToTensor +
-    Normalize (the same numbers, tested), written with Pillow and numpy so that serving on
-    CPU needs no torch. The resize runs in :mod:`models.resample`, which computes Pillow's
-    numbers for the crop only (Pillow itself where it cannot, or until its compiled loops
-    are loaded).
+    ``image`` is RGB: a ``PIL.Image`` or (height, width, 3) uint8 pixels
+    (:attr:`DecodedImage.pixels`). Shorter side resized to ``pre.resize_size`` (Pillow's
+    antialiased bicubic), centre crop, scale to 0..1, ImageNet mean/std: torchvision's
+    Resize + CenterCrop + ToTensor + Normalize (the same numbers, tested), written with
+    Pillow and numpy so that serving on CPU needs no torch. The resize runs in
+    :mod:`models.resample`, which computes Pillow's numbers for the crop only (Pillow
+    itself where it cannot, or until its compiled loops are loaded).
     """
-    width, height = image.size
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = pre.resize_size, int(pre.resize_size * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
@@ -183,9 +245,15 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     left = int(round((size[0] - crop) / 2.0))
     top = int(round((size[1] - crop) / 2.0))
     box = (left, top, left + crop, top + crop)
-    cropped = resize_crop(np.asarray(image), size, box) if size != image.size else None
-    if cropped is None:
-        resized = image.resize(size, Image.Resampling.BICUBIC) if size != image.size else image
+    cropped = None
+    if size != (width, height):
+        cropped = resize_crop(pixels, size, box)
+    elif 0 <= left <= width - crop and 0 <= top <= height - crop:
+        cropped = pixels[top : top + crop, left : left + crop]
+    if cropped is None:  # Pillow resizes, and pads a crop reaching outside
+        resized = Image.fromarray(pixels)
+        if size != (width, height):
+            resized = resized.resize(size, Image.Resampling.BICUBIC)
         cropped = np.asarray(resized.crop(box))
     return normalised_planes(cropped, pre.mean, pre.std)
 

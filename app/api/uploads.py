@@ -116,8 +116,8 @@ class _FormRefused(Exception):
 async def decode_upload(data: bytes, embedding: EmbeddingService) -> NewImage:
     """Decode off the event loop; ImageDecodeError propagates to its handler (4xx)."""
     image, model_input = await embedding.decode_async(data)
-    extension = EXTENSIONS.get(image.format or "", ".img")
-    return NewImage(data, model_input, image.width, image.height, extension)
+    extension = EXTENSIONS.get(image.format, ".img")
+    return NewImage(data, model_input, *image.size, extension)
 
 
 def invalid_label(message: str) -> ServiceError:

@@ -33,11 +33,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from app.core.config import Settings
 from models.base import Embedder, embed_for_gallery, mean_of_views
-from models.preprocessing import ImageDecodeError, gallery_views, load_image, preprocess
+from models.preprocessing import (
+    DecodedImage,
+    ImageDecodeError,
+    decode_image,
+    gallery_views,
+    preprocess,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +93,13 @@ class EmbeddingService:
     def dim(self) -> int:
         return self.embedder.dim
 
-    def decode(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
-        """Bytes -> (RGB image, model input); raises ImageDecodeError. Call off the loop."""
-        image = load_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
-        return image, preprocess(image, self.embedder.preprocessing)
+    def decode(self, data: bytes) -> tuple[DecodedImage, np.ndarray]:
+        """Bytes -> (decoded image, model input); raises ImageDecodeError. Call off the
+        loop."""
+        image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
+        return image, preprocess(image.pixels, self.embedder.preprocessing)
 
-    async def decode_async(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
+    async def decode_async(self, data: bytes) -> tuple[DecodedImage, np.ndarray]:
         """:meth:`decode` on the decoding pool, off the event loop."""
         if self.stopping:
             raise ShuttingDown()

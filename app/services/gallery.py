@@ -95,7 +95,7 @@ class Gallery:
                 if (label, sha) in photos or self.store.find(label, sha):
                     continue  # the same photo twice under one label: keep one
                 photos[label, sha] = NewPhoto(label, sha, "gallery", str(path), path.suffix,
-                                              image.width, image.height, data)
+                                              *image.size, data)
                 inputs.append(model_input)
             if photos:
                 added += sum(created for _, created in self.store.add(

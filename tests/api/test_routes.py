@@ -108,6 +108,17 @@ def test_enrol_several_files_at_once(client):
     assert client.get(f"/items/{ids[0]}/image").headers["content-type"] == "image/png"
 
 
+def test_an_item_records_its_photos_upright_size_not_the_decoded_draft(client):
+    """A big JPEG decodes at a reduced scale for the model; the item keeps the photo's own
+    size, turned upright by its EXIF orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated a quarter turn: 300 wide, 800 high
+    data = jpeg_bytes(synth(COLOURS["cyan"], 77).resize((800, 300)), exif=exif.tobytes())
+    item = enroll(client, data, "tall").json()["items"][0]
+    stored = client.get(f"/items/{item['id']}").json()
+    assert (stored["width"], stored["height"]) == (300, 800)
+
+
 def test_classify_uses_prototypes_and_the_threshold(tiny_checkpoint, gallery_dir, tmp_path):
     with running(tiny_checkpoint, tmp_path / "a", gallery_dir, classify_threshold=-1) as c:
         body = c.post("/classify", files=upload(photo("red", 7))).json()

@@ -2,11 +2,13 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+import simplejpeg
+from PIL import Image, ImageOps
 
 from models.preprocessing import (
     ImageDecodeError,
     Preprocessing,
+    decode_image,
     eval_transform,
     gallery_views,
     load_image,
@@ -91,6 +93,66 @@ def test_draft_mode_decodes_big_jpegs_at_reduced_size():
     image = load_image(data, draft_size=256)
     assert image.size == (256, 256)
     assert load_image(data).size == (1024, 1024)
+
+
+def pillow_pixels(data: bytes, draft_size: int | None = None) -> np.ndarray:
+    """What Pillow alone makes of a file: the reference for :func:`decode_image`."""
+    image = Image.open(io.BytesIO(data))
+    if draft_size:
+        image.draft("RGB", (draft_size, draft_size))
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def textured(size: tuple[int, int]) -> Image.Image:
+    """A smooth pattern with edges, so that every DCT scale and upsampling shows."""
+    x, y = np.meshgrid(np.arange(size[0]), np.arange(size[1]))
+    pixels = np.stack([x * 255 // size[0], y * 255 // size[1], (x // 7 + y // 5) % 2 * 200], -1)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (511, 256), (512, 256), (2047, 1030), (300, 4000),
+                                  (97, 61), (256, 256)])
+@pytest.mark.parametrize("options", [{"quality": 90}, {"subsampling": 0},
+                                     {"subsampling": 1, "progressive": True}],
+                         ids=["420", "444", "422-progressive"])
+def test_colour_jpegs_decode_to_pillows_pixels_at_pillows_draft_scale(size, options):
+    data = jpeg_bytes(textured(size), **options)
+    for draft_size in (None, 256, 100):
+        decoded = decode_image(data, draft_size=draft_size)
+        reference = pillow_pixels(data, draft_size)
+        assert decoded.pixels.dtype == np.uint8 and decoded.pixels.flags.c_contiguous
+        np.testing.assert_array_equal(decoded.pixels, reference)
+        assert decoded.size == size and decoded.format == "JPEG"  # the file's size, undrafted
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_every_exif_orientation_turns_the_pixels_as_pillow_does(orientation, fmt):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(textured((60, 24)), fmt, exif=exif.tobytes(),
+                  **({"quality": 95} if fmt == "JPEG" else {}))
+    decoded = decode_image(data, draft_size=10)
+    np.testing.assert_array_equal(decoded.pixels, pillow_pixels(data, 10))
+    assert decoded.size == ((24, 60) if orientation >= 5 else (60, 24))  # upright
+
+
+def test_a_jpeg_libjpeg_warns_about_is_decoded_as_pillow_decodes_it():
+    """Corrupt entropy-coded data that libjpeg only warns about: Pillow accepts it, and so
+    does the service, with Pillow's pixels."""
+    data = bytearray(jpeg_bytes(synthetic_image((200, 90, 30), 5, 64)))
+    data[data.index(b"\xff\xda") + 57] ^= 0xFF
+    with pytest.raises(ValueError, match="Corrupt JPEG data"):  # the fast path declines it
+        simplejpeg.decode_jpeg(bytes(data), strict=True)
+    decoded = decode_image(bytes(data))
+    np.testing.assert_array_equal(decoded.pixels, pillow_pixels(bytes(data)))
+
+
+def test_preprocess_takes_pixels_or_an_image_alike():
+    pre = Preprocessing()
+    for size in [(300, 200), (256, 300), (100, 50)]:
+        image = textured(size)
+        np.testing.assert_array_equal(preprocess(np.asarray(image), pre), preprocess(image, pre))
 
 
 def test_eval_and_train_transforms_share_size_and_normalisation():
