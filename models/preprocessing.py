@@ -1,8 +1,9 @@
 """Image decoding and tensor preprocessing: the one copy used by training, evaluation and serving.
 
-Every image, whatever its source, goes through :func:`load_image` (safe decoding, EXIF
-orientation, RGB conversion) and then through the transforms built from a checkpoint's
-:class:`Preprocessing` settings, so the service sees exactly what the encoder was trained on.
+Every image, whatever its source, goes through :func:`decode_image` (safe decoding, EXIF
+orientation, RGB conversion; :func:`load_image` is the same as a ``PIL.Image``) and then
+through the transforms built from a checkpoint's :class:`Preprocessing` settings, so the
+service sees exactly what the encoder was trained on.
 """
 
 from __future__ import annotations
