@@ -43,8 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "single photo, with a triplet-loss Siamese encoder.",
         lifespan=lifespan,
     )
-    app.state.service = ServiceState(settings)
     app.state.metrics = Metrics()
+    app.state.service = ServiceState(settings, app.state.metrics.requests_in_flight)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes,
                        max_files=settings.max_files_per_enroll,
                        timeout_s=settings.body_timeout_s)

@@ -75,7 +75,8 @@ def markdown(results: dict) -> str:
           if "speedup_b32_over_channels_last" in e else []),
         f"| /search p50 / p95 / p99, 1 client (ms) | {s['p50_ms']:.1f} / {s['p95_ms']:.1f} / "
         f"{s['p99_ms']:.1f} | | |",
-        f"| bare single-image model call, timed between the blocks of requests (ms) | "
+        f"| bare single-image model call (the lone-call session where the runtime has one), "
+        f"timed between the blocks of requests (ms) | "
         f"{bare_ms:.1f} | | |",
         f"| /search p50 / bare call | {s['p50_ms'] / bare_ms:.2f}x | | |",
         *([f"| `search.p50_overhead_ms`: /search p50 - bare call (ms) | "

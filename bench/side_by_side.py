@@ -27,7 +27,7 @@ from bench.harness import Service, thread_cpu_ns
 from bench.http_load import search_latencies, search_request, search_throughput
 from models.base import DEFAULT_CHECKPOINT
 from models.checkpoint import load_checkpoint
-from models.runtimes.factory import open_embedder
+from models.runtimes.factory import lone_call_embedder, open_embedder
 
 WARM_UP_S = 3.0  # each service, before anything is timed
 REQUESTS_PER_BLOCK = 50
@@ -68,7 +68,8 @@ def compare(trees: list[Path], gallery: Path, checkpoint: str, work: Path, round
             queries: list[bytes]) -> dict:
     """Each tree's summary and the bare call's median, in milliseconds."""
     loaded = load_checkpoint(checkpoint)
-    bare = open_embedder(loaded, "auto", "auto", cache_dir=work / "onnx").embedder
+    runtime = open_embedder(loaded, "auto", "auto", cache_dir=work / "onnx").embedder
+    bare = lone_call_embedder(runtime) or runtime  # the call a lone request gets
     size = bare.preprocessing.image_size
     one = np.zeros((1, 3, size, size), np.float32)
     specs = [Service(checkpoint, work / f"data-{i}", gallery, root=tree.resolve())

@@ -22,11 +22,17 @@ class Metrics:
                                    registry=self.registry)
         self.gallery_labels = Gauge("gallery_labels", "labels in the gallery",
                                     registry=self.registry)
+        self.in_flight = 0  # HTTP requests being answered (kept by MetricsMiddleware)
+        Gauge("http_requests_in_flight", "HTTP requests being answered",
+              registry=self.registry).set_function(self.requests_in_flight)
+
+    def requests_in_flight(self) -> int:
+        return self.in_flight
 
 
 class MetricsMiddleware:
     """Times every HTTP request under its route template (not the raw path, whose ids
-    would make one series per item)."""
+    would make one series per item), and counts those in flight."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -45,9 +51,11 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight += 1
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_flight -= 1
             route = scope.get("route")
             name = getattr(route, "path", "unmatched")
             method = scope["method"]

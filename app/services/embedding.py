@@ -59,11 +59,16 @@ Waiting = tuple[np.ndarray | bytes, asyncio.Future]  # bytes: an upload still to
 class EmbeddingService:
     def __init__(self, embedder: Embedder, *, max_batch: int, batch_wait_ms: float,
                  max_image_pixels: int, decode_nice: int, lane_embedder: Embedder | None = None,
-                 lanes: int = 0) -> None:
+                 lanes: int = 0, lone_embedder: Embedder | None = None,
+                 requests_in_flight: Callable[[], int] | None = None) -> None:
         self.embedder = embedder
         # Lanes: ``lane_embedder`` runs on one thread and may be called from several at once.
         self.lane_embedder = lane_embedder if lanes > 1 else None
         self.lanes = lanes if self.lane_embedder else 0
+        # A lone image, with no other request in the service (``requests_in_flight``
+        # counts this one), goes to ``lone_embedder``: every core, spinning during the call.
+        self.lone_embedder = lone_embedder if requests_in_flight else None
+        self.requests_in_flight = requests_in_flight or (lambda: 0)
         self.max_batch = max_batch
         self.wait_s = batch_wait_ms / 1000
         self.max_pixels = max_image_pixels
@@ -83,11 +88,14 @@ class EmbeddingService:
 
     @classmethod
     def from_settings(cls, embedder: Embedder, settings: Settings,
-                      lane_embedder: Embedder | None = None, lanes: int = 0) -> EmbeddingService:
+                      lane_embedder: Embedder | None = None, lanes: int = 0,
+                      lone_embedder: Embedder | None = None,
+                      requests_in_flight: Callable[[], int] | None = None) -> EmbeddingService:
         """The service as ``settings`` configure it (their defaults are the only ones)."""
         return cls(embedder, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
                    max_image_pixels=settings.max_image_pixels,
-                   decode_nice=settings.decode_nice, lane_embedder=lane_embedder, lanes=lanes)
+                   decode_nice=settings.decode_nice, lane_embedder=lane_embedder, lanes=lanes,
+                   lone_embedder=lone_embedder, requests_in_flight=requests_in_flight)
 
     @property
     def dim(self) -> int:
@@ -115,10 +123,20 @@ class EmbeddingService:
             self.decoding -= 1
 
     def embed_inputs(self, inputs: list[np.ndarray], in_lane: bool = False) -> np.ndarray:
-        """Blocking batch embedding of queries: the all-core call, or a single-threaded
-        lane's."""
-        embedder = self.lane_embedder if in_lane and self.lane_embedder else self.embedder
+        """Blocking batch embedding of queries: a single-threaded lane's call, the lone-call
+        session's for one image alone in the service, else the all-core call."""
+        if in_lane and self.lane_embedder:
+            embedder = self.lane_embedder
+        elif len(inputs) == 1 and self.lone_embedder and self._alone():
+            embedder = self.lone_embedder
+        else:
+            embedder = self.embedder
         return embedder.embed_batch(np.stack(inputs))
+
+    def _alone(self) -> bool:
+        """No other request in the service: no other HTTP request, nothing waiting for the
+        model, nothing decoding (read without the lock: a moment's view is enough)."""
+        return self.requests_in_flight() <= 1 and not self.waiting and not self.decoding
 
     def embed_gallery_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Blocking: gallery photos' embeddings (each the mean of its views), in one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from app.core.config import Settings
@@ -12,7 +13,7 @@ from app.services.embedding import EmbeddingService
 from app.services.gallery import Gallery
 from app.stores import open_store
 from models import resample
-from models.runtimes.factory import model_lanes, open_embedder
+from models.runtimes.factory import lone_call_embedder, model_lanes, open_embedder
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ServiceState:
     settings: Settings
+    # HTTP requests being answered: with none but its own, a query gets the lone-call session
+    requests_in_flight: Callable[[], int] | None = None
     ready: bool = False
     detail: str = "starting: loading the model"
     gallery: Gallery | None = None
@@ -57,16 +60,19 @@ class ServiceState:
                                threads=s.threads)
         embedder = opened.embedder
         lane_embedder, lanes = model_lanes(embedder, s.model_lanes, s.threads)
-        self.embedding = EmbeddingService.from_settings(embedder, s, lane_embedder, lanes)
+        self.embedding = EmbeddingService.from_settings(
+            embedder, s, lane_embedder, lanes, lone_call_embedder(embedder),
+            self.requests_in_flight)
         self.checkpoint, self.runtime, self.device = s.checkpoint, embedder.name, opened.device
         calibration = opened.openset
         if calibration is not None and s.classify_few_shot_bonus is not None:
             calibration = replace(calibration, few_shot_bonus=s.classify_few_shot_bonus)
         self.gallery = Gallery(open_store(s, embedder.dim, opened.fingerprint), self.embedding,
                                calibration)
-        log.info("loaded %s (fingerprint %s) on %s with runtime %s, %d model lanes under load",
-                 s.checkpoint, opened.fingerprint, opened.device, embedder.name,
-                 self.embedding.lanes)
+        log.info("loaded %s (fingerprint %s) on %s with runtime %s, %d model lanes under load"
+                 "%s", s.checkpoint, opened.fingerprint, opened.device, embedder.name,
+                 self.embedding.lanes, ", a spinning session for a lone query"
+                 if self.embedding.lone_embedder else "")
 
     def _load_gallery(self) -> dict[str, int]:
         assert self.gallery is not None

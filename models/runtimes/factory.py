@@ -116,6 +116,14 @@ def model_lanes(embedder: Embedder, lanes: int | None = None,
     return None, 0
 
 
+def lone_call_embedder(embedder: Embedder) -> OnnxEmbedder | None:
+    """The session for a lone image on an otherwise idle service: ONNX Runtime on every
+    core with its threads spinning during the call (None for other runtimes)."""
+    if isinstance(embedder, OnnxEmbedder) and embedder.threads != 1:
+        return embedder.spinning_in_calls()
+    return None
+
+
 def cuda_may_be_available() -> bool:
     """False only where there certainly is no usable NVIDIA GPU: Linux without its device
     nodes (containers get them from the NVIDIA runtime). Lets CPU serving skip torch."""

@@ -14,11 +14,12 @@ from models.preprocessing import ImageDecodeError, Preprocessing
 from tests.helpers import jpeg_bytes, synthetic_image
 
 
-def embedding_service(embedder, lane_embedder=None, lanes: int = 0,
-                      **settings) -> EmbeddingService:
+def embedding_service(embedder, lane_embedder=None, lanes: int = 0, lone_embedder=None,
+                      requests_in_flight=None, **settings) -> EmbeddingService:
     """The service with the defaults of ``Settings`` but for ``settings``."""
     return EmbeddingService.from_settings(embedder, Settings(_env_file=None, **settings),
-                                          lane_embedder, lanes)
+                                          lane_embedder, lanes, lone_embedder,
+                                          requests_in_flight)
 
 class RecordingEmbedder:
     """Returns each input's first pixel as its 'embedding' and records batch sizes."""
@@ -143,6 +144,35 @@ def test_a_lone_request_on_an_idle_service_gets_the_all_core_call():
 
     asyncio.run(scenario())
     assert main.batches == [1, 1, 1] and lanes.batches == []
+
+
+def test_a_query_alone_in_the_service_gets_the_lone_call_session():
+    """The spinning session only while no other request is in the service: with another
+    HTTP request in flight (counted by the caller), the all-core session, which never
+    spins; under load the lanes, as before."""
+    main, lone, lanes = RecordingEmbedder(delay=0), RecordingEmbedder(delay=0), \
+        LaneEmbedder(delay=0.05)
+    in_flight = 1
+
+    async def scenario():
+        nonlocal in_flight
+        service = embedding_service(main, lanes, 2, lone, lambda: in_flight)
+        await service.start()
+        try:
+            for i in range(2):  # alone: this request is the only one in flight
+                assert float((await service.embed(np.full((3, 8, 8), i, np.float32)))[0]) == i
+            in_flight = 2  # another request is being read or answered
+            await service.embed(np.zeros((3, 8, 8), np.float32))
+            in_flight = 10
+            await asyncio.gather(*(service.embed(np.zeros((3, 8, 8), np.float32))
+                                   for _ in range(6)))
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())
+    assert lone.batches == [1, 1]
+    assert main.batches[0] == 1 and sum(main.batches) + sum(lanes.batches) == 7
+    assert lanes.batches  # the load went to the lanes
 
 
 def test_lanes_wait_for_an_all_core_call_in_flight():

@@ -424,6 +424,7 @@ def test_metrics_are_prometheus_text(client):
     assert 'route="/items/{item_id}",status="404"' in text
     assert "http_request_duration_seconds_bucket" in text
     assert "gallery_items 12.0" in text
+    assert "http_requests_in_flight 1.0" in text  # the scrape itself; the others are done
 
 
 @pytest.mark.embedded_only  # SQLite files and the in-memory FAISS index

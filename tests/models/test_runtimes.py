@@ -11,7 +11,7 @@ from models.base import DEFAULT_CHECKPOINT, embed_images, usable_cpus
 from models.checkpoint import CheckpointError, at_image_size, load_checkpoint
 from models.preprocessing import load_image
 from models.runtimes.eager import TorchEmbedder
-from models.runtimes.factory import model_lanes, open_embedder
+from models.runtimes.factory import lone_call_embedder, model_lanes, open_embedder
 from models.runtimes.onnx import OnnxEmbedder, onnx_cache_path
 from tests.helpers import COLOURS, synthetic_image
 from training import export
@@ -103,6 +103,28 @@ def test_single_threaded_lane_session_gives_the_same_embeddings(tiny_checkpoint,
     size = main.preprocessing.image_size
     batch = np.random.default_rng(0).normal(size=(3, 3, size, size)).astype(np.float32)
     np.testing.assert_allclose(lane.embed_batch(batch), main.embed_batch(batch), atol=1e-5)
+
+
+def test_the_lone_call_session_spins_during_calls_only(tiny_checkpoint, tmp_path):
+    """A lone image on an idle service: the same export on every core, its threads spinning
+    between a call's operators and stopping at its end (the service's main session never
+    spins); the same embeddings. None where there is no pool to spin: one thread, PyTorch."""
+    loaded = load_checkpoint(tiny_checkpoint)
+    main = open_embedder(loaded, "onnx", "cpu", cache_dir=tmp_path).embedder
+    lone = lone_call_embedder(main)
+
+    def config(embedder, key: str) -> str:
+        return embedder.session.get_session_options().get_session_config_entry(key)
+
+    assert config(lone, "session.intra_op.allow_spinning") == "1"
+    assert config(lone, "session.force_spinning_stop") == "1"
+    assert config(main, "session.intra_op.allow_spinning") == "0"
+    assert lone.threads == main.threads and lone.fingerprint == main.fingerprint
+    size = main.preprocessing.image_size
+    batch = np.random.default_rng(1).normal(size=(1, 3, size, size)).astype(np.float32)
+    np.testing.assert_allclose(lone.embed_batch(batch), main.embed_batch(batch), atol=1e-5)
+    assert lone_call_embedder(main.single_threaded()) is None
+    assert lone_call_embedder(open_embedder(loaded, "torch", "cpu").embedder) is None
 
 
 def test_model_lanes_only_for_onnx_runtime_with_two_or_more(tiny_checkpoint, tmp_path):
