@@ -137,7 +137,7 @@ def decode_image(
                 )
             source_format = image.format
             if image.format == "JPEG" and image.mode == "RGB":
-                pixels = _decode_jpeg(data, image, draft_size)
+                pixels = _decode_jpeg(data, width, height, draft_size)
                 if pixels is not None:
                     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
                     upright = (height, width) if orientation in _SIDEWAYS else (width, height)
@@ -174,16 +174,17 @@ def load_image(
     return image
 
 
-def _decode_jpeg(data: bytes, header: Image.Image, draft_size: int | None) -> np.ndarray | None:
+def _decode_jpeg(data: bytes, width: int, height: int,
+                 draft_size: int | None) -> np.ndarray | None:
     """A colour JPEG's pixels as Pillow would decode them, or None where Pillow must."""
     scale = 1
     if draft_size:  # Pillow's draft scale: the largest of 1/8, 1/4, 1/2 keeping both sides
-        fits = min(header.size[0] // draft_size, header.size[1] // draft_size)
+        fits = min(width // draft_size, height // draft_size)
         scale = next((s for s in (8, 4, 2) if fits >= s), 1)
     try:
-        return simplejpeg.decode_jpeg(
-            data, "RGB", min_width=-(-header.size[0] // scale),
-            min_height=-(-header.size[1] // scale), min_factor=scale, strict=True)
+        return simplejpeg.decode_jpeg(data, "RGB", min_width=-(-width // scale),
+                                      min_height=-(-height // scale), min_factor=scale,
+                                      strict=True)
     except ValueError:  # truncated, corrupt, or merely odd: Pillow decides
         return None
 
