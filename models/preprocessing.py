@@ -136,14 +136,14 @@ def decode_image(
                     f"(limit {max_pixels:,} pixels)"
                 )
             source_format = image.format
+            if draft_size and image.format in {"JPEG", "MPO"}:
+                image.draft("RGB", (draft_size, draft_size))  # Pillow's scale, for both paths
             if image.format == "JPEG" and image.mode == "RGB":
-                pixels = _decode_jpeg(data, width, height, draft_size)
+                pixels = _decode_jpeg(data, image.size)
                 if pixels is not None:
                     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
                     upright = (height, width) if orientation in _SIDEWAYS else (width, height)
                     return DecodedImage(_oriented(pixels, orientation), source_format, upright)
-            if draft_size and image.format in {"JPEG", "MPO"}:
-                image.draft("RGB", (draft_size, draft_size))
             image.load()
             drafted = image.size
             ImageOps.exif_transpose(image, in_place=True)  # upright, without a copy
@@ -174,16 +174,11 @@ def load_image(
     return image
 
 
-def _decode_jpeg(data: bytes, width: int, height: int,
-                 draft_size: int | None) -> np.ndarray | None:
-    """A colour JPEG's pixels as Pillow would decode them, or None where Pillow must."""
-    scale = 1
-    if draft_size:  # Pillow's draft scale: the largest of 1/8, 1/4, 1/2 keeping both sides
-        fits = min(width // draft_size, height // draft_size)
-        scale = next((s for s in (8, 4, 2) if fits >= s), 1)
+def _decode_jpeg(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
+    """A colour JPEG's pixels as Pillow decodes them at its draft ``size`` (libjpeg's
+    largest reduction keeping both sides that large), or None where Pillow must."""
     try:
-        return simplejpeg.decode_jpeg(data, "RGB", min_width=-(-width // scale),
-                                      min_height=-(-height // scale), min_factor=scale,
+        return simplejpeg.decode_jpeg(data, "RGB", min_width=size[0], min_height=size[1],
                                       strict=True)
     except ValueError:  # truncated, corrupt, or merely odd: Pillow decides
         return None
